@@ -1,0 +1,27 @@
+"""Attention variants in pure JAX: ``q [B, Tq, H, D]``, ``k``/``v`` ``[B, Tk, K, D]`` → ``[B, Tq, H, D]``."""
+
+from jaxattn.attention.dense import dense_attention
+from jaxattn.attention.local import local_attention
+from jaxattn.attention.local import local_block_schedule
+from jaxattn.attention.registry import DenseOptions
+from jaxattn.attention.registry import LocalOptions
+from jaxattn.attention.registry import get_variant
+from jaxattn.attention.registry import list_variants
+from jaxattn.attention.registry import make_options
+from jaxattn.attention.registry import register
+from jaxattn.attention.ssmax import ssmax_init_value
+from jaxattn.attention.ssmax import ssmax_logit_scale
+
+__all__ = [
+    "DenseOptions",
+    "LocalOptions",
+    "dense_attention",
+    "get_variant",
+    "list_variants",
+    "local_attention",
+    "local_block_schedule",
+    "make_options",
+    "register",
+    "ssmax_init_value",
+    "ssmax_logit_scale",
+]

@@ -1,0 +1,182 @@
+"""Attention kinds by name: each maps to a function and a frozen, validated options class.
+
+The path from a config to a computation is ``make_options(kind, **config)`` then
+``get_variant(kind).apply(q, k, v, options, ...)``. A variant module registers itself with
+``register``; options that a kind fixes (``"ssmax"`` is dense attention with
+``softmax="ssmax"``) go in ``forced``.
+"""
+
+import dataclasses
+import types
+from typing import Any, Callable, Mapping
+
+from jaxattn.attention import core
+from jaxattn.attention import local as local_lib
+from jaxattn.attention.dense import dense_attention
+from jaxattn.attention.local import local_attention
+
+
+class _Options:
+    """Validation hooks shared by the options dataclasses."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raises ``ValueError`` naming the first bad option."""
+
+    def check_seq_len(self, seq_len):
+        """Raises ``ValueError`` when the variant cannot run on ``seq_len`` tokens."""
+        core.check_positive_int("seq_len", seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseOptions(_Options):
+    """Options of ``dense_attention`` (kinds ``"dense"`` and ``"ssmax"``)."""
+
+    causal: bool = True
+    window: int | None = None
+    softmax: str = "softmax"
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_window(self.window)
+        core.check_softmax(self.softmax)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOptions(_Options):
+    """Options of ``local_attention`` (kind ``"local"``)."""
+
+    causal: bool = True
+    block_size: int = 64
+    softmax: str = "softmax"
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_positive_int("block_size", self.block_size)
+        core.check_softmax(self.softmax)
+
+    def check_seq_len(self, seq_len):
+        local_lib.check_seq_len(seq_len, self.block_size)
+
+
+def _same(a, b):
+    return type(a) is type(b) and a == b
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A registered attention kind.
+
+    ``fn(q, k, v, *, segment_ids, ssmax_s, implementation, **options)`` returns
+    ``[B, Tq, H, D]``; ``forced`` holds the option values this kind fixes.
+    """
+
+    name: str
+    options_cls: type
+    fn: Callable
+    doc: str
+    forced: Mapping[str, Any]
+
+    def check_options(self, options):
+        if not isinstance(options, self.options_cls):
+            raise ValueError(
+                f"options for attention kind {self.name!r} must be {self.options_cls.__name__}, "
+                f"got {type(options).__name__}"
+            )
+        for key, value in self.forced.items():
+            if not _same(getattr(options, key), value):
+                raise ValueError(
+                    f"option {key!r} of attention kind {self.name!r} must be {value!r}, "
+                    f"got {getattr(options, key)!r}"
+                )
+
+    def apply(self, q, k, v, options, *, segment_ids=None, ssmax_s=None, implementation=None):
+        """Runs the variant: ``q [B, Tq, H, D]``, ``k``/``v`` ``[B, Tk, K, D]`` → ``[B, Tq, H, D]``."""
+        self.check_options(options)
+        return self.fn(q, k, v, segment_ids=segment_ids, ssmax_s=ssmax_s,
+                       implementation=implementation, **dataclasses.asdict(options))
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(name, fn, options_cls, *, doc, forced=None):
+    """Adds attention kind ``name``; returns its ``Variant``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"attention kind {name!r} is already registered")
+    if not callable(fn):
+        raise ValueError(f"fn must be callable, got {fn!r}")
+    if not (isinstance(options_cls, type) and dataclasses.is_dataclass(options_cls)):
+        raise ValueError(f"options_cls must be a dataclass type, got {options_cls!r}")
+    for method in ("validate", "check_seq_len"):
+        if not callable(getattr(options_cls, method, None)):
+            raise ValueError(f"options_cls {options_cls.__name__} must define {method}()")
+    if not isinstance(doc, str):
+        raise ValueError(f"doc must be a str, got {doc!r}")
+    forced = dict(forced or {})
+    fields = [f.name for f in dataclasses.fields(options_cls)]
+    unknown = [key for key in forced if key not in fields]
+    if unknown:
+        raise ValueError(
+            f"forced option {unknown[0]!r} is not an option of {options_cls.__name__}; "
+            f"valid options: {', '.join(fields)}"
+        )
+    options_cls(**forced)
+    variant = Variant(name=name, options_cls=options_cls, fn=fn, doc=doc,
+                      forced=types.MappingProxyType(forced))
+    _REGISTRY[name] = variant
+    return variant
+
+
+def list_variants():
+    """Registered kind names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_variant(name):
+    """The ``Variant`` registered as ``name``; ``ValueError`` listing the valid kinds otherwise."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown attention kind {name!r}; valid kinds: {', '.join(list_variants())}")
+    return _REGISTRY[name]
+
+
+def make_options(name, **kwargs):
+    """Validated options for kind ``name``: defaults, overridden by ``kwargs``, with forced values."""
+    variant = get_variant(name)
+    fields = [f.name for f in dataclasses.fields(variant.options_cls)]
+    for key in kwargs:
+        if key not in fields:
+            raise ValueError(
+                f"unknown option {key!r} for attention kind {name!r}; valid options: {', '.join(fields)}"
+            )
+    for key, value in variant.forced.items():
+        if key in kwargs and not _same(kwargs[key], value):
+            raise ValueError(
+                f"option {key!r} is fixed to {value!r} for attention kind {name!r}, got {kwargs[key]!r}"
+            )
+    return variant.options_cls(**{**kwargs, **variant.forced})
+
+
+register(
+    "dense",
+    dense_attention,
+    DenseOptions,
+    doc="Dense softmax attention (causal or bidirectional, optional sliding window).",
+)
+register(
+    "ssmax",
+    dense_attention,
+    DenseOptions,
+    doc="Dense attention with Scalable-Softmax: logits scaled by s_h * log(n_i).",
+    forced={"softmax": "ssmax"},
+)
+register(
+    "local",
+    local_attention,
+    LocalOptions,
+    doc="Block-local attention: each query block sees its own and the neighbouring key blocks.",
+)

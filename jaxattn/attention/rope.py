@@ -1,0 +1,35 @@
+"""Rotary position embeddings (Su et al. 2021, RoFormer eq. 34), pure JAX.
+
+Rotates each pair of channels ``(x[..., i], x[..., i + D/2])`` by the angle
+``position * base ** (-2 i / D)`` (the "half" layout used by GPT-NeoX and LLaMA).
+"""
+
+import jax.numpy as jnp
+
+
+def rope_frequencies(head_dim: int, base: float = 10_000.0) -> jnp.ndarray:
+    """Inverse frequencies ``base ** (-2i / head_dim)``, float32 ``[head_dim // 2]``."""
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+    if base <= 1.0:
+        raise ValueError(f"rope_base must be > 1, got {base}")
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    return base ** (-exponents)
+
+
+def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -> jnp.ndarray:
+    """Applies RoPE to ``x`` ``[batch, seq, heads, head_dim]`` at ``positions`` ``[batch, seq]``.
+
+    The rotation is computed in float32 and cast back to ``x.dtype``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must be [batch, seq, heads, head_dim], got shape {x.shape}")
+    if positions.shape != x.shape[:2]:
+        raise ValueError(
+            f"positions must be [batch, seq] = {x.shape[:2]}, got shape {positions.shape}")
+    inv_freq = rope_frequencies(x.shape[-1], base)
+    angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq[None, None, None, :]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)

@@ -1,0 +1,131 @@
+"""``TransformerLM``: a decoder-only language model whose attention is chosen per layer.
+
+Pre-norm blocks (RMSNorm), RoPE, SwiGLU MLPs, tied or untied embeddings
+(the LLaMA recipe). ``tokens [batch, seq] -> logits [batch, seq, vocab]`` in float32.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxattn.nn.attention import Attention, AttentionSpec
+from jaxattn.nn.init import partitioned
+from jaxattn.nn.layers import RMSNorm, SwiGLU
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Shape of a ``TransformerLM``; ``attention`` holds one ``AttentionSpec`` per layer."""
+
+    vocab_size: int
+    num_layers: int
+    embed_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    attention: Sequence[AttentionSpec]
+    train_len: int
+    rope_base: float = 10_000.0
+    ssmax_init: float | None = None
+    tie_embeddings: bool = True
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads",
+                     "head_dim", "mlp_dim", "train_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive int, got {value!r}")
+        if len(self.attention) != self.num_layers:
+            raise ValueError(f"attention must hold one AttentionSpec per layer "
+                             f"({self.num_layers}), got {len(self.attention)}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+
+def _dropout(x, rate, rng):
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class Block(nnx.Module):
+    """``x + Attn(norm(x))`` then ``x + MLP(norm(x))``."""
+
+    def __init__(self, cfg: TransformerConfig, spec: AttentionSpec, *, rngs: nnx.Rngs):
+        dtype = cfg.compute_dtype
+        self.dropout_rate = cfg.dropout_rate
+        self.attn_norm = RMSNorm(cfg.embed_dim)
+        self.attn = Attention(
+            cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim, spec=spec, train_len=cfg.train_len, rope_base=cfg.rope_base,
+            ssmax_init=cfg.ssmax_init, rngs=rngs, dtype=dtype)
+        self.mlp_norm = RMSNorm(cfg.embed_dim)
+        self.mlp = SwiGLU(cfg.embed_dim, cfg.mlp_dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x, *, positions, segment_ids, rng=None):
+        rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
+        h = self.attn(self.attn_norm(x), positions=positions, segment_ids=segment_ids)
+        x = x + _dropout(h, self.dropout_rate, rngs[0])
+        h = self.mlp(self.mlp_norm(x))
+        return x + _dropout(h, self.dropout_rate, rngs[1])
+
+
+class TransformerLM(nnx.Module):
+    """Decoder-only LM. ``tokens [batch, seq] int32 -> logits [batch, seq, vocab] float32``."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(
+            cfg.vocab_size, cfg.embed_dim, dtype=cfg.compute_dtype,
+            embedding_init=partitioned(("vocab", "embed"), nnx.initializers.normal(0.02)),
+            rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, spec, rngs=rngs) for spec in cfg.attention])
+        self.final_norm = RMSNorm(cfg.embed_dim)
+        if cfg.tie_embeddings:
+            self.unembed = None
+        else:
+            self.unembed = nnx.Linear(
+                cfg.embed_dim, cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                kernel_init=partitioned(("embed", "vocab")), rngs=rngs)
+
+    def __call__(self, tokens: jnp.ndarray, *, positions: jnp.ndarray | None = None,
+                 segment_ids: jnp.ndarray | None = None, rng: jax.Array | None = None):
+        """Logits for next-token prediction.
+
+        Args:
+          tokens: ``[batch, seq]`` int token ids.
+          positions: ``[batch, seq]`` RoPE positions; default ``0 .. seq-1``.
+          segment_ids: ``[batch, seq]`` document ids of packed sequences (0 = padding).
+          rng: dropout key; ``None`` runs deterministically.
+        """
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
+        batch, seq = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+        x = self.embed(tokens)
+        layer_rngs = [None] * len(self.blocks) if rng is None else list(
+            jax.random.split(rng, len(self.blocks)))
+        for block, layer_rng in zip(self.blocks, layer_rngs):
+            x = block(x, positions=positions, segment_ids=segment_ids, rng=layer_rng)
+        x = self.final_norm(x)
+        if self.unembed is None:
+            logits = self.embed.attend(x)
+        else:
+            logits = self.unembed(x)
+        return logits.astype(jnp.float32)

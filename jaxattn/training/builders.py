@@ -1,0 +1,54 @@
+"""From a config (``configs/*.py``) to the objects the trainer needs, with errors that name
+the config field at fault."""
+
+import itertools
+
+from jaxattn.attention import registry
+from jaxattn.data import DataConfig, get_tokenizer
+from jaxattn.nn.attention import AttentionSpec
+from jaxattn.nn.transformer import TransformerConfig
+
+# Fields of ``config.attention`` that are not options of the attention function.
+_MODULE_FIELDS = ("kind", "layers", "ssmax_init")
+
+
+def attention_specs(attention_cfg, *, num_layers: int, seq_len: int) -> list[AttentionSpec]:
+    """One validated ``AttentionSpec`` per layer from the ``attention`` config block."""
+    layer_kinds = ([k.strip() for k in attention_cfg.layers.split(",")]
+                   if attention_cfg.layers else [attention_cfg.kind])
+    options = {name: value for name, value in attention_cfg.items()
+               if name not in _MODULE_FIELDS and value is not None}
+    specs = {}
+    for kind in set(layer_kinds):
+        try:
+            spec = AttentionSpec.create(kind, **options)
+            spec.options.check_seq_len(seq_len)
+        except ValueError as e:
+            raise ValueError(f"config.attention (kind {kind!r}): {e}") from e
+        specs[kind] = spec
+    return [specs[kind] for kind in itertools.islice(itertools.cycle(layer_kinds), num_layers)]
+
+
+def model_config(config) -> TransformerConfig:
+    m = config.model
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    return TransformerConfig(
+        vocab_size=tokenizer.vocab_size, num_layers=m.num_layers, embed_dim=m.embed_dim,
+        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+        mlp_dim=m.mlp_dim,
+        attention=attention_specs(config.attention, num_layers=m.num_layers,
+                                  seq_len=config.data.seq_len),
+        train_len=config.data.seq_len, rope_base=m.rope_base,
+        ssmax_init=config.attention.ssmax_init, tie_embeddings=m.tie_embeddings,
+        dropout_rate=m.dropout_rate, dtype=m.dtype)
+
+
+def data_config(config) -> DataConfig:
+    d = config.data
+    return DataConfig(corpus=d.corpus, tokenizer=d.tokenizer, seq_len=d.seq_len,
+                      batch_size=d.batch_size, valid_fraction=d.valid_fraction,
+                      seed=config.seed, tfds_data_dir=d.tfds_data_dir)
+
+
+def known_kinds() -> list[str]:
+    return registry.list_variants()

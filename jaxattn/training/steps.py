@@ -1,0 +1,52 @@
+"""Jittable train and eval steps over a ``TrainState``.
+
+Batches are dicts of ``[batch, seq]`` arrays: ``inputs``, ``targets``, ``segment_ids``,
+``positions``, ``loss_mask`` (the format of ``jaxattn.data``).
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxattn.training.losses import masked_cross_entropy
+from jaxattn.training.state import TrainState, merge_model
+
+
+def _forward(graphdef, params, variables, batch, rng):
+    model = merge_model(graphdef, params, variables)
+    return model(batch["inputs"], positions=batch["positions"],
+                 segment_ids=batch["segment_ids"], rng=rng)
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, *, dropout: bool):
+    """``train_step(state, batch) -> (state, metrics)``; metrics are float32 scalars."""
+
+    def loss_fn(params, variables, batch, rng):
+        logits = _forward(graphdef, params, variables, batch, rng if dropout else None)
+        loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        return loss_sum / jnp.maximum(count, 1.0), count
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.variables, batch, rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = TrainState(step=state.step + 1, params=params, variables=state.variables,
+                               opt_state=opt_state, rng=state.rng)
+        metrics = {"loss": loss, "tokens": count, "grad_norm": optax.tree.norm(grads),
+                   "param_norm": optax.tree.norm(params)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef):
+    """``eval_step(state, batch) -> {"loss_sum", "count"}`` summed over the batch."""
+
+    def eval_step(state: TrainState, batch):
+        logits = _forward(graphdef, state.params, state.variables, batch, None)
+        loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        return {"loss_sum": loss_sum, "count": count}
+
+    return eval_step

@@ -1,0 +1,120 @@
+"""TransformerLM: shapes, causality through the whole model, packed documents, per-layer kinds."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings, strategies as st
+
+from jaxattn.nn import AttentionSpec, TransformerConfig, TransformerLM
+
+SPECS = {
+    "dense": lambda: AttentionSpec.create("dense"),
+    "ssmax": lambda: AttentionSpec.create("ssmax"),
+    "window": lambda: AttentionSpec.create("dense", window=5),
+    "local": lambda: AttentionSpec.create("local", block_size=8),
+}
+
+
+def tiny_model(kinds, seed=0, **overrides):
+    cfg = dict(vocab_size=50, num_layers=len(kinds), embed_dim=32, num_heads=4, num_kv_heads=2,
+               head_dim=8, mlp_dim=64, train_len=32,
+               attention=[SPECS[k]() for k in kinds])
+    cfg.update(overrides)
+    model = TransformerLM(TransformerConfig(**cfg), rngs=nnx.Rngs(seed))
+    # Output projections start at zero; perturb every parameter so attention matters.
+    params = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    leaves = [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    nnx.update(model, jax.tree.unflatten(treedef, leaves))
+    return model
+
+
+def test_shapes_and_dtype():
+    model = tiny_model(["dense", "ssmax"])
+    logits = model(jnp.zeros((3, 16), jnp.int32))
+    assert logits.shape == (3, 16, 50)
+    assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("kinds", [["dense", "dense"], ["ssmax", "ssmax"], ["window", "dense"],
+                                   ["local", "ssmax"]])
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_future_tokens_never_change_past_logits(kinds, data):
+    model = tiny_model(kinds)
+    seq = 32
+    cut = data.draw(st.integers(1, seq - 1), label="cut")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    tokens = rng.integers(0, 50, size=(2, seq), dtype=np.int32)
+    changed = tokens.copy()
+    changed[:, cut:] = rng.integers(0, 50, size=(2, seq - cut), dtype=np.int32)
+    a = model(jnp.asarray(tokens))
+    b = model(jnp.asarray(changed))
+    np.testing.assert_array_equal(np.asarray(a[:, :cut]), np.asarray(b[:, :cut]))
+    assert not np.allclose(np.asarray(a[:, cut:]), np.asarray(b[:, cut:]))
+
+
+@pytest.mark.parametrize("kind", ["dense", "ssmax"])
+def test_packed_documents_match_separate_runs(kind):
+    """With segment ids and per-document positions, a packed row equals its documents alone."""
+    model = tiny_model([kind, kind])
+    rng = np.random.default_rng(0)
+    doc_a = rng.integers(0, 50, size=11, dtype=np.int32)
+    doc_b = rng.integers(0, 50, size=21, dtype=np.int32)
+    packed = jnp.asarray(np.concatenate([doc_a, doc_b])[None])
+    segment_ids = jnp.asarray(np.array([1] * 11 + [2] * 21, np.int32)[None])
+    positions = jnp.asarray(np.concatenate([np.arange(11), np.arange(21)]).astype(np.int32)[None])
+    out = model(packed, positions=positions, segment_ids=segment_ids)
+    alone_a = model(jnp.asarray(doc_a[None]))
+    alone_b = model(jnp.asarray(doc_b[None]))
+    np.testing.assert_allclose(out[0, :11], alone_a[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out[0, 11:], alone_b[0], atol=1e-5, rtol=1e-5)
+
+
+def test_per_layer_attention_kinds_and_ssmax_params():
+    model = tiny_model(["dense", "ssmax", "local"])
+    assert [b.attn.spec.kind for b in model.blocks] == ["dense", "ssmax", "local"]
+    assert model.blocks[0].attn.ssmax_s is None
+    assert model.blocks[1].attn.ssmax_s[...].shape == (4,)
+
+
+def test_ssmax_parameter_gets_gradient():
+    model = tiny_model(["ssmax"])
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 16), dtype=np.int32))
+
+    def loss(m):
+        return jnp.mean(m(tokens) ** 2)
+
+    grads = nnx.grad(loss)(model)
+    g = grads["blocks"][0]["attn"]["ssmax_s"][...]
+    assert g.shape == (4,) and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
+
+
+def test_bfloat16_compute_keeps_float32_logits():
+    model = tiny_model(["dense", "ssmax"], dtype="bfloat16")
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 16), dtype=np.int32))
+    out = model(tokens)
+    ref = tiny_model(["dense", "ssmax"])(tokens)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("num_layers", 0, "num_layers"),
+    ("dropout_rate", 1.5, "dropout_rate"),
+    ("dtype", "float16", "dtype"),
+])
+def test_bad_model_config(field, value, match):
+    cfg = dict(vocab_size=50, num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2,
+               head_dim=8, mlp_dim=64, train_len=32, attention=[SPECS["dense"]()])
+    cfg[field] = value
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig(**cfg)
+
+
+def test_heads_must_group():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        tiny_model(["dense"], num_kv_heads=3)

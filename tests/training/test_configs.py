@@ -1,0 +1,71 @@
+"""Configs: every file loads through the real flag, ``:arg`` parsing is strict, bad configs
+fail before training with an error that names the field."""
+
+import glob
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import common
+from jaxattn.attention import registry
+from jaxattn.training import train_and_evaluate
+from jaxattn.training.optimizer import make_schedule
+from tests.training.helpers import REPO, smoke_config
+
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                      if os.path.basename(p) not in ("__init__.py", "common.py"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_loads_through_the_flag(path):
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+    fv([__file__, f"--config={path}:smoke"])
+    assert fv.config.train.steps == 20
+    assert fv.config.attention.kind in registry.list_variants()
+    with pytest.raises(AttributeError):
+        fv.config.not_a_field = 1  # locked
+
+
+def test_parse_arg_is_strict_and_typed():
+    args = common.parse_arg("smoke,steps=5,kind=ssmax", smoke=False, steps=1, kind="dense")
+    assert (args.smoke, args.steps, args.kind) == (True, 5, "ssmax")
+    with pytest.raises(ValueError, match="unknown config argument 'stpes'.*valid arguments"):
+        common.parse_arg("stpes=5", steps=1)
+    with pytest.raises(ValueError, match="'steps' must be a int"):
+        common.parse_arg("steps=five", steps=1)
+    with pytest.raises(ValueError, match="needs a value"):
+        common.parse_arg("steps", steps=1)
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"attention__kind": "flash"}, ValueError, r"unknown attention kind 'flash'.*dense"),
+    ({"attention__kind": "local", "attention__block_size": 48}, ValueError,
+     r"config.attention.*sequence length 64 is not a multiple of block_size=48"),
+    ({"attention__kind": "local", "attention__window": 8}, ValueError, r"window"),
+    ({"attention__layers": "dense,nope"}, ValueError, r"unknown attention kind 'nope'"),
+    ({"attention__softmax": "sparsemax"}, ValueError, r"softmax"),
+    ({"data__corpus": "text:/no/such/dir/*.txt"}, FileNotFoundError, r"/no/such/dir"),
+    ({"optim__learning_rate": -1e-3}, ValueError, r"optim.learning_rate must be a non-negative"),
+    ({"optim__warmup_steps": 10_000}, ValueError, r"optim.warmup_steps"),
+    ({"train__steps": 0}, ValueError, r"train.steps must be a positive int"),
+    ({"model__num_layers": 0}, ValueError, r"model.num_layers"),
+    ({"mesh__data": 3}, ValueError, r"mesh"),
+])
+def test_bad_config_gives_clear_error(tmp_path, overrides, error, match):
+    config = smoke_config(**overrides)
+    with pytest.raises(error, match=match):
+        train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_schedule_warms_up_then_decays():
+    schedule = make_schedule(learning_rate=1.0, warmup_steps=10, total_steps=100,
+                             final_lr_fraction=0.1)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(100)) == pytest.approx(0.1)
+    assert 0.1 < float(schedule(55)) < 1.0
