@@ -93,14 +93,14 @@ def base_config() -> ml_collections.ConfigDict:
             "grad_clip_norm": 1.0,
         },
         "train": {
-            "steps": 600,
+            "steps": 500,
             "log_every": 20,
-            "eval_every": 200,
+            "eval_every": 100,
             "eval_batches": 8,
             "progress": True,
         },
         "checkpoint": {
-            "save_every": 200,
+            "save_every": 100,
             "keep": 3,
         },
         # Mesh axis sizes; -1 takes the remaining devices.

@@ -28,8 +28,8 @@ def visible_keys(i, kv_len, *, causal=True, window=None, q_segment_ids=None, kv_
                 continue
         if block_size is not None:
             query_block, key_block = pos // block_size, j // block_size
-            allowed = (query_block - 1, query_block) if causal else (query_block - 1, query_block, query_block + 1)
-            if key_block not in allowed:
+            lowest, highest = query_block - 1, (query_block if causal else query_block + 1)
+            if not lowest <= key_block <= highest:
                 continue
         if q_segment_ids is not None:
             if q_segment_ids[i] == 0 or kv_segment_ids[j] != q_segment_ids[i]:

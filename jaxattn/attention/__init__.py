@@ -1,4 +1,8 @@
-"""Attention variants in pure JAX: ``q [B, Tq, H, D]``, ``k``/``v`` ``[B, Tk, K, D]`` → ``[B, Tq, H, D]``."""
+"""Attention variants in pure JAX.
+
+Every variant maps ``q [B, Tq, H, D]`` and ``k``/``v`` ``[B, Tk, K, D]`` (GQA: ``H % K == 0``)
+to ``[B, Tq, H, D]``; ``registry`` names them and validates their options.
+"""
 
 from jaxattn.attention.dense import dense_attention
 from jaxattn.attention.local import local_attention

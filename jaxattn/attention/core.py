@@ -67,7 +67,8 @@ def check_qkv(q, k, v):
 
 def check_implementation(implementation):
     """Validates ``implementation`` (``None`` or ``"reference"``); ``"pallas"`` is not built yet."""
-    if implementation is not None and (not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS):
+    valid = implementation is None or (isinstance(implementation, str) and implementation in IMPLEMENTATIONS)
+    if not valid:
         raise ValueError(
             f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
         )
@@ -93,9 +94,13 @@ def check_window(window):
         raise ValueError(f"window must be None or an int >= 1, got {window!r}")
 
 
+def check_int(name, value, *, minimum):
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
 def check_positive_int(name, value):
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_int(name, value, minimum=1)
 
 
 def check_q_offset(q_offset):
@@ -124,7 +129,9 @@ def check_segment_ids(name, segment_ids, batch, length):
     shape = getattr(segment_ids, "shape", None)
     if shape is None or tuple(shape) != (batch, length):
         got = f"shape {tuple(shape)}" if shape is not None else type(segment_ids).__name__
-        raise ValueError(f"{name} must be an int array of shape [batch, seq] = {[batch, length]}, got {got}")
+        raise ValueError(
+            f"{name} must be an int array of shape [batch, seq] = {[batch, length]}, got {got}"
+        )
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
         raise ValueError(f"{name} must have an integer dtype, got {segment_ids.dtype}")
 
@@ -166,10 +173,11 @@ def segment_mask(q_segment_ids, kv_segment_ids):
     """Bool ``[B, q_len, kv_len]``: same segment id, and neither side is padding (id 0)."""
     q_ids = jnp.expand_dims(q_segment_ids, 2)
     kv_ids = jnp.expand_dims(kv_segment_ids, 1)
-    return (q_ids == kv_ids)
+    return (q_ids == kv_ids) & (q_ids != 0)
 
 
-def make_mask(q_len, kv_len, *, causal, window=None, q_segment_ids=None, kv_segment_ids=None, q_offset=0):
+def make_mask(q_len, kv_len, *, causal, window=None, q_segment_ids=None, kv_segment_ids=None,
+              q_offset=0):
     """The full visibility mask, bool ``[B or 1, 1, q_len, kv_len]``.
 
     Static parts (causal, window) are NumPy; the result is a jax array only when segment ids

@@ -2,7 +2,9 @@
 
 ``out_i = sum_j p_ij v_j`` with ``p_i = softmax_j(z_ij)`` over the keys visible to query ``i``
 and ``z_ij = scale * q_i·k_j`` (Vaswani et al. 2017, eq. 1). With ``softmax="ssmax"`` the
-logits are ``z_ij * s_h * log(n_i)`` (Nakanishi 2025, eq. 1 applied per query row).
+logits are ``z_ij * s_h * log(n_i)``: Scalable-Softmax (Nakanishi 2025, arXiv 2501.19399)
+``SSMax(z)_j = n^(s z_j) / sum_l n^(s z_l)`` applied per query row, ``n_i`` the keys query ``i``
+sees under the full mask.
 """
 
 import math

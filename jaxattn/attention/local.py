@@ -107,7 +107,8 @@ def local_attention(q, k, v, *, block_size, causal=True, segment_ids=None, softm
         blocks = x.reshape(batch, num_blocks, block_size, *x.shape[2:])[:, gather]
         return blocks.reshape(batch, num_blocks, visits * block_size, *x.shape[2:])
 
-    qb = core.group_query_heads(q, kv_heads).reshape(batch, num_blocks, block_size, kv_heads, group, head_dim)
+    qb = core.group_query_heads(q, kv_heads)
+    qb = qb.reshape(batch, num_blocks, block_size, kv_heads, group, head_dim)
     kb = gather_blocks(k)
     vb = gather_blocks(v)
     logits = jnp.einsum("bnqkgd,bnskd->bnkgqs", qb, kb, preferred_element_type=dtype)

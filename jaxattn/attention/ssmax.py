@@ -8,10 +8,10 @@ softmax-based variant applies it as a row multiplier on its logits.
 """
 
 import math
-import numbers
 
 import jax.numpy as jnp
-import numpy as np
+
+from jaxattn.attention import core
 
 
 def check_ssmax_s(ssmax_s, softmax, num_heads):
@@ -59,7 +59,6 @@ def ssmax_logit_scale(ssmax_s, n_visible):
 
 
 def ssmax_init_value(train_len):
-    """``1 / log(train_len)``: with this ``s``, SSMax equals softmax for a query seeing ``train_len`` keys."""
-    if isinstance(train_len, (bool, np.bool_)) or not isinstance(train_len, (numbers.Integral, np.integer)) or train_len < 2:
-        raise ValueError(f"train_len must be an int >= 2, got {train_len!r}")
+    """``1 / log(train_len)``: with this ``s``, SSMax is softmax for a query seeing ``train_len`` keys."""
+    core.check_int("train_len", train_len, minimum=2)
     return 1.0 / math.log(train_len)

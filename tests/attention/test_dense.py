@@ -373,7 +373,8 @@ def test_ssmax_counts_segment_keys():
         for length, rows in ((3, slice(0, 3)), (5, slice(3, 8))):
             s = jnp.full((2,), ssmax_init_value(length), jnp.float64)
             plain = np.asarray(dense_attention(q, k, v, causal=False, segment_ids=seg))
-            scaled = np.asarray(dense_attention(q, k, v, causal=False, segment_ids=seg, softmax="ssmax", ssmax_s=s))
+            scaled = np.asarray(dense_attention(q, k, v, causal=False, segment_ids=seg, softmax="ssmax",
+                                                ssmax_s=s))
             np.testing.assert_allclose(scaled[:, rows], plain[:, rows], atol=1e-12)
 
 

@@ -40,7 +40,8 @@ def test_builtin_kinds():
 
 @pytest.mark.parametrize("name", ["foo", "", None, "Dense"])
 def test_unknown_kind(name):
-    with pytest.raises(ValueError, match=rf"unknown attention kind {name!r}; valid kinds: (.*, )?dense, (.*, )?local, (.*, )?ssmax"):
+    kinds = r"valid kinds: (.*, )?dense, (.*, )?local, (.*, )?ssmax"
+    with pytest.raises(ValueError, match=rf"unknown attention kind {name!r}; {kinds}"):
         get_variant(name)
     with pytest.raises(ValueError, match=r"unknown attention kind"):
         make_options(name)
@@ -50,7 +51,8 @@ def test_defaults():
     assert make_options("dense") == DenseOptions(causal=True, window=None, softmax="softmax")
     assert make_options("local") == LocalOptions(causal=True, block_size=64, softmax="softmax")
     assert make_options("ssmax") == DenseOptions(softmax="ssmax")
-    assert make_options("ssmax", window=128, causal=False) == DenseOptions(causal=False, window=128, softmax="ssmax")
+    expected = DenseOptions(causal=False, window=128, softmax="ssmax")
+    assert make_options("ssmax", window=128, causal=False) == expected
     assert make_options("local", block_size=16, softmax="ssmax").block_size == 16
 
 
@@ -63,7 +65,8 @@ def test_forced_option_conflict():
 @pytest.mark.parametrize("name, option", [("dense", "block_size"), ("local", "window"), ("ssmax", "heads")])
 def test_unknown_option(name, option):
     valid = ", ".join(f.name for f in dataclasses.fields(get_variant(name).options_cls))
-    with pytest.raises(ValueError, match=rf"unknown option '{option}' for attention kind '{name}'; valid options: {valid}"):
+    message = rf"unknown option '{option}' for attention kind '{name}'; valid options: {valid}"
+    with pytest.raises(ValueError, match=message):
         make_options(name, **{option: 1})
 
 
@@ -141,7 +144,8 @@ def test_apply_under_jit_with_static_options():
 
 def test_apply_rejects_wrong_options():
     q, k, v, _ = _inputs()
-    with pytest.raises(ValueError, match=r"options for attention kind 'local' must be LocalOptions, got DenseOptions"):
+    message = r"options for attention kind 'local' must be LocalOptions, got DenseOptions"
+    with pytest.raises(ValueError, match=message):
         get_variant("local").apply(q, k, v, make_options("dense"))
     with pytest.raises(ValueError, match=r"option 'softmax' of attention kind 'ssmax' must be 'ssmax'"):
         get_variant("ssmax").apply(q, k, v, DenseOptions(), ssmax_s=jnp.ones((4,)))
@@ -172,11 +176,13 @@ def test_register_new_kind(scratch_registry):
     assert make_options("scaled") == _ScaledOptions(factor=3)
     with pytest.raises(ValueError, match="option 'factor' is fixed to 3"):
         make_options("scaled", factor=2)
-    with pytest.raises(ValueError, match=r"unknown option 'window' for attention kind 'scaled'; valid options: causal, factor"):
+    message = r"unknown option 'window' for attention kind 'scaled'; valid options: causal, factor"
+    with pytest.raises(ValueError, match=message):
         make_options("scaled", window=2)
     q, k, v, seg = _inputs()
     out = variant.apply(q, k, v, make_options("scaled", causal=False), segment_ids=seg)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(dense_attention(q, k, v, causal=False, segment_ids=seg)))
+    expected = dense_attention(q, k, v, causal=False, segment_ids=seg)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
 
 
 def test_register_rejects_bad_arguments(scratch_registry):

@@ -34,7 +34,8 @@ def train_command(workdir, *flags):
             "--config.train.progress=false", *flags]
 
 
-def popen_train(workdir, *flags):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+def popen_train(workdir, *flags, devices=1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(train_command(workdir, *flags), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -36,7 +36,8 @@ def uninterrupted(tmp_path_factory):
     return losses
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
+                         ids=lambda s: s.name)
 def test_kill_and_resume_reproduces_loss_curve(tmp_path, uninterrupted, sig):
     proc = popen_train(tmp_path)
     _wait_for_step(proc, tmp_path, 13)
