@@ -9,30 +9,34 @@ import jax.numpy as jnp
 import optax
 
 from jaxattn.training.losses import masked_cross_entropy
-from jaxattn.training.state import TrainState, merge_model
+from jaxattn.training.state import TrainState, merge_model, split_model
 
 
 def _forward(graphdef, params, variables, batch, rng):
+    """``(logits, variables)``: the non-parameter variables as the forward pass left them
+    (stateful layers, such as online k-means centroids, update them in place)."""
     model = merge_model(graphdef, params, variables)
-    return model(batch["inputs"], positions=batch["positions"],
-                 segment_ids=batch["segment_ids"], rng=rng)
+    logits = model(batch["inputs"], positions=batch["positions"],
+                   segment_ids=batch["segment_ids"], rng=rng)
+    return logits, split_model(model)[2]
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, *, dropout: bool):
     """``train_step(state, batch) -> (state, metrics)``; metrics are float32 scalars."""
 
     def loss_fn(params, variables, batch, rng):
-        logits = _forward(graphdef, params, variables, batch, rng if dropout else None)
+        logits, new_variables = _forward(graphdef, params, variables, batch,
+                                         rng if dropout else None)
         loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
-        return loss_sum / jnp.maximum(count, 1.0), count
+        return loss_sum / jnp.maximum(count, 1.0), (count, new_variables)
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (count, variables)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.variables, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = TrainState(step=state.step + 1, params=params, variables=state.variables,
+        new_state = TrainState(step=state.step + 1, params=params, variables=variables,
                                opt_state=opt_state, rng=state.rng)
         metrics = {"loss": loss, "tokens": count, "grad_norm": optax.tree.norm(grads),
                    "param_norm": optax.tree.norm(params)}
@@ -45,7 +49,7 @@ def make_eval_step(graphdef):
     """``eval_step(state, batch) -> {"loss_sum", "count"}`` summed over the batch."""
 
     def eval_step(state: TrainState, batch):
-        logits = _forward(graphdef, state.params, state.variables, batch, None)
+        logits, _ = _forward(graphdef, state.params, state.variables, batch, None)
         loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
         return {"loss_sum": loss_sum, "count": count}
 
