@@ -54,6 +54,14 @@ def attention_config(kind: str = "dense") -> ml_collections.ConfigDict:
         "ssmax_init": config_dict.placeholder(float),  # default 1 / log(data.seq_len)
         "window": config_dict.placeholder(int),
         "block_size": config_dict.placeholder(int),
+        # Routing attention (kind "routing").
+        "num_clusters": config_dict.placeholder(int),
+        "cluster_size": config_dict.placeholder(int),
+        "assignment": config_dict.placeholder(str),
+        "shared_qk": config_dict.placeholder(bool),
+        "local_heads": config_dict.placeholder(int),
+        "decay": config_dict.placeholder(float),
+        "commitment_weight": config_dict.placeholder(float),
     })
 
 

@@ -14,6 +14,7 @@ from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
 from jaxattn.attention.dense import dense_attention
 from jaxattn.attention.local import local_attention
+from jaxattn.attention import routing as routing_lib
 
 
 class _Options:
@@ -61,6 +62,58 @@ class LocalOptions(_Options):
         local_lib.check_seq_len(seq_len, self.block_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class RoutingOptions(_Options):
+    """Options of routing attention (kind ``"routing"``); see ``routing.py``.
+
+    ``decay`` (k-means EMA) and ``commitment_weight`` (auxiliary loss) act in the training
+    update of the centroids, the rest in the attention itself.
+    """
+
+    causal: bool = True
+    num_clusters: int = 4
+    cluster_size: int | None = None
+    assignment: str | None = None
+    shared_qk: bool = True
+    local_heads: int = 0
+    block_size: int = 64
+    softmax: str = "softmax"
+    decay: float = 0.999
+    commitment_weight: float = 1e-4
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_positive_int("num_clusters", self.num_clusters)
+        if self.cluster_size is not None:
+            core.check_positive_int("cluster_size", self.cluster_size)
+        assignment = routing_lib.resolve_assignment(self.assignment, self.causal)
+        if not isinstance(self.shared_qk, bool):
+            raise ValueError(f"shared_qk must be a bool, got {self.shared_qk!r}")
+        if assignment == "argmax" and not self.shared_qk:
+            raise ValueError("shared_qk must be True with assignment='argmax' (each token is "
+                             "routed once, by its query, which is also its key)")
+        core.check_int("local_heads", self.local_heads, minimum=0)
+        core.check_positive_int("block_size", self.block_size)
+        core.check_softmax(self.softmax)
+        if not (isinstance(self.decay, float) and 0.0 <= self.decay < 1.0):
+            raise ValueError(f"decay must be a float in [0, 1), got {self.decay!r}")
+        if not (isinstance(self.commitment_weight, (int, float))
+                and not isinstance(self.commitment_weight, bool)
+                and self.commitment_weight >= 0):
+            raise ValueError(f"commitment_weight must be a non-negative float, got "
+                             f"{self.commitment_weight!r}")
+
+    def check_seq_len(self, seq_len):
+        super().check_seq_len(seq_len)
+        window = routing_lib.default_cluster_size(seq_len, self.num_clusters, self.cluster_size)
+        if (routing_lib.resolve_assignment(self.assignment, self.causal) == "argmax"
+                and seq_len % window):
+            raise ValueError(f"sequence length {seq_len} is not a multiple of cluster_size="
+                             f"{window}; choose num_clusters or cluster_size to divide it")
+        if self.local_heads:
+            local_lib.check_seq_len(seq_len, self.block_size)
+
+
 def _same(a, b):
     return type(a) is type(b) and a == b
 
@@ -71,6 +124,11 @@ class Variant:
 
     ``fn(q, k, v, *, segment_ids, ssmax_s, implementation, **options)`` returns
     ``[B, Tq, H, D]``; ``forced`` holds the option values this kind fixes.
+
+    Stateful kinds (routing's centroids) also give ``init_state(options, *, num_heads,
+    head_dim, key) -> state`` and ``update_state(q, k, state, options, *, segment_ids) ->
+    (state, aux_loss)``; their ``fn`` takes ``state=``. The state is updated only by
+    ``update_state``, after the attention that used it.
     """
 
     name: str
@@ -78,6 +136,12 @@ class Variant:
     fn: Callable
     doc: str
     forced: Mapping[str, Any]
+    init_state: Callable | None = None
+    update_state: Callable | None = None
+
+    @property
+    def stateful(self) -> bool:
+        return self.init_state is not None
 
     def check_options(self, options):
         if not isinstance(options, self.options_cls):
@@ -92,17 +156,26 @@ class Variant:
                     f"got {getattr(options, key)!r}"
                 )
 
-    def apply(self, q, k, v, options, *, segment_ids=None, ssmax_s=None, implementation=None):
+    def apply(self, q, k, v, options, *, segment_ids=None, ssmax_s=None, implementation=None,
+              state=None):
         """Runs the variant: ``q [B, Tq, H, D]``, ``k``/``v`` ``[B, Tk, K, D]`` → ``[B, Tq, H, D]``."""
         self.check_options(options)
+        extra = {}
+        if self.stateful:
+            if state is None:
+                raise ValueError(f"attention kind {self.name!r} is stateful: pass state= "
+                                 f"(from its init_state)")
+            extra["state"] = state
+        elif state is not None:
+            raise ValueError(f"attention kind {self.name!r} takes no state, got state=")
         return self.fn(q, k, v, segment_ids=segment_ids, ssmax_s=ssmax_s,
-                       implementation=implementation, **dataclasses.asdict(options))
+                       implementation=implementation, **extra, **dataclasses.asdict(options))
 
 
 _REGISTRY: dict[str, Variant] = {}
 
 
-def register(name, fn, options_cls, *, doc, forced=None):
+def register(name, fn, options_cls, *, doc, forced=None, init_state=None, update_state=None):
     """Adds attention kind ``name``; returns its ``Variant``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
@@ -126,8 +199,11 @@ def register(name, fn, options_cls, *, doc, forced=None):
             f"valid options: {', '.join(fields)}"
         )
     options_cls(**forced)
+    if (init_state is None) != (update_state is None):
+        raise ValueError("init_state and update_state go together: give both or neither")
     variant = Variant(name=name, options_cls=options_cls, fn=fn, doc=doc,
-                      forced=types.MappingProxyType(forced))
+                      forced=types.MappingProxyType(forced), init_state=init_state,
+                      update_state=update_state)
     _REGISTRY[name] = variant
     return variant
 
@@ -179,4 +255,12 @@ register(
     local_attention,
     LocalOptions,
     doc="Block-local attention: each query block sees its own and the neighbouring key blocks.",
+)
+register(
+    "routing",
+    routing_lib.apply_routing,
+    RoutingOptions,
+    doc="Routing attention: online k-means clusters, attention inside each cluster.",
+    init_state=routing_lib.init_routing_state,
+    update_state=routing_lib.update_routing_state,
 )

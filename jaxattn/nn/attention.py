@@ -35,6 +35,14 @@ class AttentionSpec:
         return getattr(self.options, "softmax", "softmax") == "ssmax"
 
 
+class AttentionState(nnx.Variable):
+    """Non-trainable state of a stateful attention kind (e.g. routing centroids).
+
+    Updated in training forward passes, never by the optimizer; saved in checkpoints with the
+    rest of the train state.
+    """
+
+
 class Attention(nnx.Module):
     """Multi-head (grouped-query) self-attention with a variant chosen by ``spec``."""
 
@@ -45,15 +53,21 @@ class Attention(nnx.Module):
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-        registry.get_variant(spec.kind)  # fails early, listing the valid kinds
+        variant = registry.get_variant(spec.kind)  # fails early, listing the valid kinds
         self.spec = spec
+        self.shared_qk = bool(getattr(spec.options, "shared_qk", False))
+        if self.shared_qk and num_kv_heads != num_heads:
+            raise ValueError(f"attention kind {spec.kind!r} with shared_qk=True needs "
+                             f"num_kv_heads == num_heads ({num_heads}), got {num_kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_base = rope_base
         dense = lambda i, o, names, init=None: nnx.Linear(
             i, o, use_bias=False, dtype=dtype, param_dtype=param_dtype,
             kernel_init=partitioned(names, init), rngs=rngs)
         self.query = dense(embed_dim, num_heads * head_dim, ("embed", "heads"))
-        self.key = dense(embed_dim, num_kv_heads * head_dim, ("embed", "kv_heads"))
+        # With shared QK (routing attention's causal setting) the keys are the queries.
+        self.key = None if self.shared_qk else dense(embed_dim, num_kv_heads * head_dim,
+                                                     ("embed", "kv_heads"))
         self.value = dense(embed_dim, num_kv_heads * head_dim, ("embed", "kv_heads"))
         self.out = dense(num_heads * head_dim, embed_dim, ("heads", "embed"), zeros_init())
         if spec.uses_ssmax:
@@ -63,17 +77,36 @@ class Attention(nnx.Module):
             self.ssmax_s = logical_param(jnp.full((num_heads,), s0, param_dtype), ("heads",))
         else:
             self.ssmax_s = None
+        if variant.stateful:
+            self.state = AttentionState(variant.init_state(
+                spec.options, num_heads=num_heads, head_dim=head_dim, key=rngs.params()))
+        else:
+            self.state = None
 
     def __call__(self, x: jnp.ndarray, *, positions: jnp.ndarray,
-                 segment_ids: jnp.ndarray | None = None) -> jnp.ndarray:
-        """``x [batch, seq, embed]``, ``positions``/``segment_ids [batch, seq]`` -> ``[batch, seq, embed]``."""
+                 segment_ids: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
+        """``x [batch, seq, embed]``, ``positions``/``segment_ids [batch, seq]`` -> ``[batch, seq, embed]``.
+
+        With ``train=True`` a stateful kind updates its state after the attention (which used
+        the old state) and sows its auxiliary loss as ``nnx.Intermediate`` ``"aux_loss"``.
+        """
         batch, seq, _ = x.shape
-        q = self.query(x).reshape(batch, seq, self.num_heads, self.head_dim)
-        k = self.key(x).reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        q = apply_rope(self.query(x).reshape(batch, seq, self.num_heads, self.head_dim),
+                       positions, self.rope_base)
+        if self.key is None:
+            k = q
+        else:
+            k = apply_rope(self.key(x).reshape(batch, seq, self.num_kv_heads, self.head_dim),
+                           positions, self.rope_base)
         v = self.value(x).reshape(batch, seq, self.num_kv_heads, self.head_dim)
-        q = apply_rope(q, positions, self.rope_base)
-        k = apply_rope(k, positions, self.rope_base)
+        variant = registry.get_variant(self.spec.kind)
         ssmax_s = None if self.ssmax_s is None else self.ssmax_s[...]
-        out = registry.get_variant(self.spec.kind).apply(
-            q, k, v, self.spec.options, segment_ids=segment_ids, ssmax_s=ssmax_s)
+        state = None if self.state is None else self.state[...]
+        out = variant.apply(q, k, v, self.spec.options, segment_ids=segment_ids,
+                            ssmax_s=ssmax_s, state=state)
+        if train and variant.stateful:
+            new_state, aux_loss = variant.update_state(q, k, state, self.spec.options,
+                                                       segment_ids=segment_ids)
+            self.state[...] = new_state
+            self.sow(nnx.Intermediate, "aux_loss", aux_loss)
         return self.out(out.reshape(batch, seq, self.num_heads * self.head_dim))

@@ -77,9 +77,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.embed_dim)
         self.mlp = SwiGLU(cfg.embed_dim, cfg.mlp_dim, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x, *, positions, segment_ids, rng=None):
+    def __call__(self, x, *, positions, segment_ids, rng=None, train=False):
         rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
-        h = self.attn(self.attn_norm(x), positions=positions, segment_ids=segment_ids)
+        h = self.attn(self.attn_norm(x), positions=positions, segment_ids=segment_ids,
+                      train=train)
         x = x + _dropout(h, self.dropout_rate, rngs[0])
         h = self.mlp(self.mlp_norm(x))
         return x + _dropout(h, self.dropout_rate, rngs[1])
@@ -104,7 +105,8 @@ class TransformerLM(nnx.Module):
                 kernel_init=partitioned(("embed", "vocab")), rngs=rngs)
 
     def __call__(self, tokens: jnp.ndarray, *, positions: jnp.ndarray | None = None,
-                 segment_ids: jnp.ndarray | None = None, rng: jax.Array | None = None):
+                 segment_ids: jnp.ndarray | None = None, rng: jax.Array | None = None,
+                 train: bool = False):
         """Logits for next-token prediction.
 
         Args:
@@ -112,6 +114,7 @@ class TransformerLM(nnx.Module):
           positions: ``[batch, seq]`` RoPE positions; default ``0 .. seq-1``.
           segment_ids: ``[batch, seq]`` document ids of packed sequences (0 = padding).
           rng: dropout key; ``None`` runs deterministically.
+          train: update stateful attention (routing centroids) and sow auxiliary losses.
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
@@ -122,7 +125,8 @@ class TransformerLM(nnx.Module):
         layer_rngs = [None] * len(self.blocks) if rng is None else list(
             jax.random.split(rng, len(self.blocks)))
         for block, layer_rng in zip(self.blocks, layer_rngs):
-            x = block(x, positions=positions, segment_ids=segment_ids, rng=layer_rng)
+            x = block(x, positions=positions, segment_ids=segment_ids, rng=layer_rng,
+                      train=train)
         x = self.final_norm(x)
         if self.unembed is None:
             logits = self.embed.attend(x)

@@ -7,38 +7,48 @@ Batches are dicts of ``[batch, seq]`` arrays: ``inputs``, ``targets``, ``segment
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from jaxattn.training.losses import masked_cross_entropy
 from jaxattn.training.state import TrainState, merge_model, split_model
 
 
-def _forward(graphdef, params, variables, batch, rng):
-    """``(logits, variables)``: the non-parameter variables as the forward pass left them
-    (stateful layers, such as online k-means centroids, update them in place)."""
+def _forward(graphdef, params, variables, batch, rng, *, train):
+    """``(logits, aux_loss, variables)``: the summed auxiliary losses the layers sowed and
+    the non-parameter variables as the forward pass left them (stateful layers, such as
+    online k-means centroids, update them in place when ``train``)."""
     model = merge_model(graphdef, params, variables)
-    logits = model(batch["inputs"], positions=batch["positions"],
-                   segment_ids=batch["segment_ids"], rng=rng)
-    return logits, split_model(model)[2]
+    logits, sown = nnx.capture(model, nnx.Intermediate)(
+        batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+        rng=rng, train=train)
+    aux_loss = sum(jax.tree.leaves(sown), jnp.zeros((), jnp.float32))
+    return logits, aux_loss, split_model(model)[2]
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, *, dropout: bool):
-    """``train_step(state, batch) -> (state, metrics)``; metrics are float32 scalars."""
+    """``train_step(state, batch) -> (state, metrics)``; metrics are float32 scalars.
+
+    The optimised objective is the mean token cross-entropy plus the layers' auxiliary
+    losses; ``metrics["loss"]`` is the cross-entropy alone.
+    """
 
     def loss_fn(params, variables, batch, rng):
-        logits, new_variables = _forward(graphdef, params, variables, batch,
-                                         rng if dropout else None)
+        logits, aux_loss, new_variables = _forward(graphdef, params, variables, batch,
+                                                   rng if dropout else None, train=True)
         loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
-        return loss_sum / jnp.maximum(count, 1.0), (count, new_variables)
+        loss = loss_sum / jnp.maximum(count, 1.0)
+        return loss + aux_loss, (loss, aux_loss, count, new_variables)
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, (count, variables)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.variables, batch, rng)
+        (_, (loss, aux_loss, count, variables)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params, state.variables, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = TrainState(step=state.step + 1, params=params, variables=variables,
                                opt_state=opt_state, rng=state.rng)
-        metrics = {"loss": loss, "tokens": count, "grad_norm": optax.tree.norm(grads),
+        metrics = {"loss": loss, "aux_loss": aux_loss, "tokens": count,
+                   "grad_norm": optax.tree.norm(grads),
                    "param_norm": optax.tree.norm(params)}
         return new_state, metrics
 
@@ -49,7 +59,8 @@ def make_eval_step(graphdef):
     """``eval_step(state, batch) -> {"loss_sum", "count"}`` summed over the batch."""
 
     def eval_step(state: TrainState, batch):
-        logits, _ = _forward(graphdef, state.params, state.variables, batch, None)
+        logits, _, _ = _forward(graphdef, state.params, state.variables, batch, None,
+                                train=False)
         loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
         return {"loss_sum": loss_sum, "count": count}
 

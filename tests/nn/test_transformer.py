@@ -14,11 +14,15 @@ SPECS = {
     "ssmax": lambda: AttentionSpec.create("ssmax"),
     "window": lambda: AttentionSpec.create("dense", window=5),
     "local": lambda: AttentionSpec.create("local", block_size=8),
+    "routing": lambda: AttentionSpec.create("routing", num_clusters=4, local_heads=1,
+                                            block_size=8),
 }
 
 
 def tiny_model(kinds, seed=0, **overrides):
-    cfg = dict(vocab_size=50, num_layers=len(kinds), embed_dim=32, num_heads=4, num_kv_heads=2,
+    kv_heads = 4 if "routing" in kinds else 2  # routing shares queries and keys
+    cfg = dict(vocab_size=50, num_layers=len(kinds), embed_dim=32, num_heads=4,
+               num_kv_heads=kv_heads,
                head_dim=8, mlp_dim=64, train_len=32,
                attention=[SPECS[k]() for k in kinds])
     cfg.update(overrides)
@@ -40,10 +44,13 @@ def test_shapes_and_dtype():
 
 
 @pytest.mark.parametrize("kinds", [["dense", "dense"], ["ssmax", "ssmax"], ["window", "dense"],
-                                   ["local", "ssmax"]])
+                                   ["local", "ssmax"], ["routing", "routing"]])
+@pytest.mark.parametrize("train", [False, True])
 @settings(max_examples=5, deadline=None)
 @given(data=st.data())
-def test_future_tokens_never_change_past_logits(kinds, data):
+def test_future_tokens_never_change_past_logits(kinds, train, data):
+    """Through attention, and through routing's clustering: in training mode the centroids
+    move after the attention that used them, so the future cannot reach the past."""
     model = tiny_model(kinds)
     seq = 32
     cut = data.draw(st.integers(1, seq - 1), label="cut")
@@ -51,8 +58,11 @@ def test_future_tokens_never_change_past_logits(kinds, data):
     tokens = rng.integers(0, 50, size=(2, seq), dtype=np.int32)
     changed = tokens.copy()
     changed[:, cut:] = rng.integers(0, 50, size=(2, seq - cut), dtype=np.int32)
-    a = model(jnp.asarray(tokens))
-    b = model(jnp.asarray(changed))
+    graphdef, state = nnx.split(model)
+    a, _ = nnx.capture(nnx.merge(graphdef, state), nnx.Intermediate)(jnp.asarray(tokens),
+                                                                     train=train)
+    b, _ = nnx.capture(nnx.merge(graphdef, state), nnx.Intermediate)(jnp.asarray(changed),
+                                                                     train=train)
     np.testing.assert_array_equal(np.asarray(a[:, :cut]), np.asarray(b[:, :cut]))
     assert not np.allclose(np.asarray(a[:, cut:]), np.asarray(b[:, cut:]))
 
@@ -118,3 +128,23 @@ def test_bad_model_config(field, value, match):
 def test_heads_must_group():
     with pytest.raises(ValueError, match="num_kv_heads"):
         tiny_model(["dense"], num_kv_heads=3)
+
+
+def test_routing_state_updates_only_in_training():
+    model = tiny_model(["routing"])
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 32), dtype=np.int32))
+    before = np.asarray(model.blocks[0].attn.state[...])
+    model(tokens)
+    np.testing.assert_array_equal(model.blocks[0].attn.state[...], before)
+    _, sown = nnx.capture(model, nnx.Intermediate)(tokens, train=True)
+    after = np.asarray(model.blocks[0].attn.state[...])
+    assert after.shape == (3, 4, 8)
+    assert not np.allclose(after, before)
+    np.testing.assert_allclose(np.linalg.norm(after, axis=-1), 1.0, rtol=1e-5)
+    aux = jax.tree.leaves(sown)
+    assert len(aux) == 1 and float(aux[0]) > 0
+
+
+def test_routing_shared_qk_needs_full_kv_heads():
+    with pytest.raises(ValueError, match="shared_qk"):
+        tiny_model(["routing"], num_kv_heads=2)

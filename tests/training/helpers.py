@@ -28,14 +28,14 @@ def train_losses(rows):
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-def train_command(workdir, *flags):
-    return [sys.executable, "-m", "experiments.train", "--config=configs/lm_tiny.py:smoke",
+def train_command(workdir, *flags, config="configs/lm_tiny.py"):
+    return [sys.executable, "-m", "experiments.train", f"--config={config}:smoke",
             f"--workdir={workdir}", "--config.train.log_every=1", "--config.train.steps=60",
             "--config.train.progress=false", *flags]
 
 
-def popen_train(workdir, *flags, devices=1):
+def popen_train(workdir, *flags, devices=1, config="configs/lm_tiny.py"):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.Popen(train_command(workdir, *flags), cwd=REPO, env=env,
+    return subprocess.Popen(train_command(workdir, *flags, config=config), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -27,19 +27,32 @@ def _wait_for_step(proc, workdir, step, timeout=300):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    proc = popen_train(workdir)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out
-    losses = train_losses(read_metrics(str(workdir)))
-    assert sorted(losses) == list(range(1, 61))
-    return losses
+    """``{config: {step: loss}}`` of uninterrupted runs, computed once per config."""
+    curves = {}
+
+    def get(config):
+        if config not in curves:
+            workdir = tmp_path_factory.mktemp("uninterrupted")
+            proc = popen_train(workdir, config=config)
+            out, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, out
+            curves[config] = train_losses(read_metrics(str(workdir)))
+            assert sorted(curves[config]) == list(range(1, 61))
+        return curves[config]
+
+    return get
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
-                         ids=lambda s: s.name)
-def test_kill_and_resume_reproduces_loss_curve(tmp_path, uninterrupted, sig):
-    proc = popen_train(tmp_path)
+@pytest.mark.parametrize("config,sig", [
+    ("configs/lm_tiny.py", signal.SIGTERM),
+    ("configs/lm_tiny.py", signal.SIGINT),
+    ("configs/lm_tiny.py", signal.SIGKILL),
+    # Routing carries k-means centroids: state outside the optimizer that must resume too.
+    ("configs/routing.py", signal.SIGKILL),
+], ids=lambda x: x.name if isinstance(x, signal.Signals) else x.split("/")[-1][:-3])
+def test_kill_and_resume_reproduces_loss_curve(tmp_path, uninterrupted, config, sig):
+    reference = uninterrupted(config)
+    proc = popen_train(tmp_path, config=config)
     _wait_for_step(proc, tmp_path, 13)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
@@ -51,7 +64,7 @@ def test_kill_and_resume_reproduces_loss_curve(tmp_path, uninterrupted, sig):
     interrupted_at = max(train_losses(read_metrics(str(tmp_path))))
     assert interrupted_at < 60, "the run finished before the signal arrived"
 
-    proc = popen_train(tmp_path)
+    proc = popen_train(tmp_path, config=config)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     rows = read_metrics(str(tmp_path))
@@ -59,5 +72,5 @@ def test_kill_and_resume_reproduces_loss_curve(tmp_path, uninterrupted, sig):
     # uninterrupted run bit for bit.
     for row in rows:
         if "train/loss" in row:
-            assert row["train/loss"] == uninterrupted[row["step"]], row["step"]
+            assert row["train/loss"] == reference[row["step"]], row["step"]
     assert sorted(train_losses(rows)) == list(range(1, 61))

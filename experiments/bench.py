@@ -1,0 +1,164 @@
+r"""Benchmarks attention kinds against a baseline measured in the same run.
+
+  python -m experiments.bench --suite=attention --seq_lens=1024,2048,4096 --out=/tmp/bench
+  python -m experiments.bench --suite=routing --backward --out=/tmp/bench_routing
+  python -m experiments.bench --kinds=dense,ssmax --seq_lens=512,1024
+
+Each suite is a list of ``(label, kind, options)``; its first entry is the baseline, and every
+time is reported as a ratio to the baseline's at the same sequence length, with the fitted
+scaling exponent per label (``time ~ seq_len^p``). ``--kinds`` runs the named kinds with their
+default options instead (the first is the baseline). With ``--out`` the rows go to
+``bench.json`` and the table to ``bench.md`` there; the table is always printed.
+"""
+
+import json
+import os
+import platform
+
+import jax
+from absl import app, flags, logging
+
+import jaxattn.attention  # noqa: F401  (imports every variant module, which registers its kind)
+from jaxattn import benchmarking
+from jaxattn.attention import registry
+
+SUITES = {
+    "attention": [
+        ("dense", "dense", {"causal": True}),
+        ("ssmax", "ssmax", {"causal": True}),
+        ("local128", "local", {"causal": True, "block_size": 128}),
+    ],
+    "routing": [
+        ("dense", "dense", {"causal": True}),
+        ("routing", "routing", {"num_clusters": benchmarking.SQRT, "local_heads": 0}),
+    ],
+}
+"""Suite name → ``[(label, kind, options), ...]``; the first entry is the baseline.
+
+``"sqrt"`` as an option value is resolved per sequence length (``benchmarking.sqrt_power_of_two``).
+"""
+
+_SUITE = flags.DEFINE_string("suite", "attention", f"Suite to run: one of {', '.join(SUITES)}.")
+_KINDS = flags.DEFINE_list("kinds", None, "Attention kinds to run with default options instead of "
+                           "--suite, e.g. dense,ssmax; the first is the baseline.")
+_SEQ_LENS = flags.DEFINE_list("seq_lens", ["1024", "2048", "4096"], "Sequence lengths.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
+_HEADS = flags.DEFINE_integer("heads", 8, "Attention heads (q, k and v alike).")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Head dimension.")
+_DTYPE = flags.DEFINE_string("dtype", None,
+                             "Input dtype; default bfloat16 on GPU/TPU, float32 on CPU.")
+_BACKWARD = flags.DEFINE_bool("backward", False, "Time forward+backward (grads wrt q, k, v).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compiling.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls; the median is reported.")
+_OUT = flags.DEFINE_string("out", None, "Directory for bench.json and bench.md.")
+
+
+def suite_cases(suite, kinds=None):
+    """``(name, cases)`` for ``--suite``/``--kinds``; ``ValueError`` naming what is unknown.
+
+    ``kinds`` (a list of kind names) overrides ``suite``: each kind with its default options,
+    labelled by its name, the first as baseline. Every kind must be registered.
+    """
+    if kinds:
+        name, cases = "kinds", [(kind, kind, {}) for kind in kinds]
+    elif suite in SUITES:
+        name, cases = suite, SUITES[suite]
+    else:
+        raise ValueError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
+    missing = [kind for _, kind, _ in cases if kind not in registry.list_variants()]
+    if missing:
+        raise ValueError(
+            f"suite {name!r} needs attention kind(s) {', '.join(map(repr, missing))}, not "
+            f"registered in this checkout; registered kinds: {', '.join(registry.list_variants())}"
+        )
+    return name, cases
+
+
+def render_markdown(report):
+    """The printed/written report: a header with device and versions, the table, the exponents."""
+    meta = report["meta"]
+    pass_name = "forward+backward" if meta["backward"] else "forward"
+    lines = [
+        f"## Attention benchmark: suite `{meta['suite']}`, {pass_name}",
+        "",
+        f"Device: {meta['device']}; jax {meta['jax_version']}; dtype {meta['dtype']}; "
+        f"batch={meta['batch']} heads={meta['heads']} head_dim={meta['head_dim']}; median of "
+        f"{meta['repeats']} after {meta['warmup']} warm-up call(s); baseline `{meta['baseline']}`.",
+        "",
+        benchmarking.to_markdown(report["rows"]).rstrip("\n"),
+        "",
+        "Fitted exponent p in time ~ seq_len^p:",
+        "",
+        "| label | p |",
+        "|---|---:|",
+    ]
+    for label, exponent in report["exponents"].items():
+        lines.append(f"| {label} | {'—' if exponent is None else f'{exponent:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=False, out=None,
+        kinds=None, warmup=2, repeats=5, progress=True):
+    """Runs a suite (or ``kinds``); returns ``{"meta", "rows", "exponents", "markdown"}``.
+
+    With ``out`` the report is written to ``out/bench.json`` (everything but the markdown) and
+    ``out/bench.md``. Raises ``ValueError`` for an unknown suite or unregistered kind.
+    """
+    name, cases = suite_cases(suite, kinds)
+    dtype = benchmarking.resolve_dtype(dtype)
+    baseline = cases[0][0]
+    logging.info("suite %s on %s: %s at seq_lens %s", name, benchmarking.device_description(),
+                 ", ".join(label for label, _, _ in cases), seq_lens)
+    rows = benchmarking.run_sweep(cases, seq_lens, batch=batch, heads=heads, head_dim=head_dim,
+                                  dtype=dtype, backward=backward, baseline_label=baseline,
+                                  warmup=warmup, repeats=repeats, progress=progress)
+    report = {
+        "meta": {
+            "suite": name, "cases": [list(case) for case in cases], "baseline": baseline,
+            "device": benchmarking.device_description(), "jax_version": jax.__version__,
+            "python": platform.python_version(), "dtype": dtype.name, "batch": batch,
+            "heads": heads, "head_dim": head_dim, "backward": bool(backward),
+            "seq_lens": list(seq_lens), "warmup": warmup, "repeats": repeats,
+        },
+        "rows": rows,
+        "exponents": benchmarking.fit_exponents(rows),
+    }
+    report["markdown"] = render_markdown(report)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        data = {key: value for key, value in report.items() if key != "markdown"}
+        with open(os.path.join(out, "bench.json"), "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+        with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
+            f.write(report["markdown"])
+        logging.info("wrote bench.json and bench.md to %s", out)
+    return report
+
+
+def _parse_seq_lens(values):
+    try:
+        seq_lens = [int(value) for value in values]
+    except ValueError as err:
+        raise app.UsageError(
+            f"--seq_lens must be comma-separated ints, got {','.join(values)}") from err
+    if not seq_lens or min(seq_lens) < 1:
+        raise app.UsageError(f"--seq_lens must be positive ints, got {','.join(values)}")
+    return seq_lens
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    seq_lens = _parse_seq_lens(_SEQ_LENS.value)
+    try:
+        report = run(_SUITE.value, seq_lens=seq_lens, batch=_BATCH.value, heads=_HEADS.value,
+                     head_dim=_HEAD_DIM.value, dtype=_DTYPE.value, backward=_BACKWARD.value,
+                     out=_OUT.value, kinds=_KINDS.value, warmup=_WARMUP.value,
+                     repeats=_REPEATS.value)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
+    print(report["markdown"], end="", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

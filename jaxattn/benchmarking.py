@@ -1,0 +1,431 @@
+"""Timing, memory and scaling helpers behind ``experiments/bench.py``.
+
+Performance is measured here, never asserted in unit tests: a sweep times every attention
+kind next to a baseline in the same process on the same device and reports each time as a
+ratio to the baseline at the same sequence length, plus a fitted scaling exponent per label.
+
+Typical use::
+
+    fn, args = attention_case("dense", batch=1, seq_len=4096, heads=8, head_dim=64,
+                              options={"causal": True}, backward=True)
+    stats = time_fn(fn, *args)            # {"median_ms", "min_ms", "max_ms", "compile_ms"}
+    rows = run_sweep([("dense", "dense", {}), ("local", "local", {"block_size": 128})],
+                     [1024, 2048, 4096], batch=1, heads=8, head_dim=64, baseline_label="dense")
+    print(to_markdown(rows))
+"""
+
+import dataclasses
+import math
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from jaxattn.attention import registry
+
+SQRT = "sqrt"
+"""Option value resolved per sequence length to ``sqrt_power_of_two(seq_len)``."""
+
+_ACCELERATORS = ("gpu", "tpu")
+_MAX_ERROR_CHARS = 300
+
+
+def default_dtype():
+    """bfloat16 on a GPU or TPU, float32 on CPU (where bfloat16 matmuls are emulated and slow)."""
+    return jnp.bfloat16 if jax.default_backend() in _ACCELERATORS else jnp.float32
+
+
+def resolve_dtype(dtype):
+    """``None`` (backend default), a dtype name (``"bfloat16"``) or a dtype → ``np.dtype``."""
+    if dtype is None:
+        return np.dtype(default_dtype())
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"dtype must be a floating dtype or its name, got {dtype!r}") from err
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise ValueError(f"dtype must be floating, got {resolved}")
+    return resolved
+
+
+def device_description():
+    """The first device's kind (``"NVIDIA H100 80GB HBM3"``, ``"cpu"``), backend and count."""
+    devices = jax.devices()
+    return f"{devices[0].device_kind} ({jax.default_backend()}, {len(devices)} device(s))"
+
+
+def _compile(fn, args):
+    """Lowers and compiles ``jax.jit(fn)`` for ``args``; returns ``(compiled, compile_ms)``."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, (time.perf_counter() - start) * 1e3
+
+
+def _time_compiled(compiled, args, warmup, repeats):
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def time_fn(fn, *args, warmup=2, repeats=5):
+    """Wall-clock time of ``jax.jit(fn)(*args)`` in milliseconds.
+
+    The function is lowered and compiled ahead of time (reported as ``compile_ms``, not part
+    of the timings), run ``warmup`` times, then timed ``repeats`` times, each call followed by
+    ``jax.block_until_ready`` on its outputs.
+
+    Returns:
+      ``{"median_ms", "min_ms", "max_ms", "compile_ms"}``.
+    """
+    compiled, compile_ms = _compile(fn, args)
+    stats = _time_compiled(compiled, args, warmup, repeats)
+    stats["compile_ms"] = compile_ms
+    return stats
+
+
+def _compiled_footprint(compiled):
+    """``argument + output + temp - alias`` bytes from XLA's memory analysis, or ``None``."""
+    try:
+        analysis = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if analysis is None:
+        return None
+    sizes = [getattr(analysis, f"{name}_size_in_bytes", None)
+             for name in ("argument", "output", "temp", "alias")]
+    if any(size is None for size in sizes[:3]):
+        return None
+    argument, output, temp, alias = (int(size or 0) for size in sizes)
+    return argument + output + temp - alias
+
+
+def _runtime_peak(fn, args):
+    """The device's ``peak_bytes_in_use`` after running ``fn`` once, or ``None`` without stats."""
+    device = jax.devices()[0]
+    try:
+        stats = device.memory_stats()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    jax.block_until_ready(jax.jit(fn)(*args))
+    return int(device.memory_stats()["peak_bytes_in_use"])
+
+
+def peak_memory_bytes(fn, *args):
+    """Device memory needed by one call of ``jax.jit(fn)(*args)``, in bytes, or ``None``.
+
+    The number is XLA's compile-time buffer assignment for that one program:
+    ``argument + output + temp - alias`` sizes from ``compiled.memory_analysis()``. It is
+    available on CPU, GPU and TPU, depends only on the program (not on what else the process
+    holds), and is what decides whether a case fits, so it compares across kinds and
+    sequence lengths. Only when the backend gives no memory analysis does it fall back to the
+    device's ``memory_stats()["peak_bytes_in_use"]`` after one call, which is the process's
+    high-water mark (an upper bound that includes earlier allocations); ``None`` when neither
+    exists.
+    """
+    compiled, _ = _compile(fn, args)
+    footprint = _compiled_footprint(compiled)
+    return footprint if footprint is not None else _runtime_peak(fn, args)
+
+
+def sqrt_power_of_two(seq_len):
+    """``round(sqrt(seq_len))`` rounded to the nearest power of two that divides ``seq_len``.
+
+    Rounding goes to the nearer power of two; if that does not divide ``seq_len`` the largest
+    power of two that does is taken.
+
+    E.g. 1024 → 32, 2048 → 32 (45 is nearer 32 than 64), 4096 → 64, 1000 → 8 (32 does not
+    divide 1000; 8 is the largest power of two that does). ``sqrt(n)`` clusters is the usual
+    choice for routing attention, whose cost is then ``O(n^1.5)``.
+    """
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+    root = max(1, round(math.sqrt(seq_len)))
+    lower = 1 << (root.bit_length() - 1)
+    nearest = lower if root - lower <= 2 * lower - root else 2 * lower
+    return min(nearest, seq_len & -seq_len)
+
+
+def resolve_options(options, seq_len):
+    """Options for one sequence length.
+
+    A value equal to ``SQRT`` (``"sqrt"``) becomes ``sqrt_power_of_two(seq_len)``; a callable
+    value is called with ``seq_len``; everything else is kept.
+    """
+    resolved = {}
+    for key, value in dict(options).items():
+        if isinstance(value, str) and value == SQRT:
+            value = sqrt_power_of_two(seq_len)
+        elif callable(value):
+            value = value(seq_len)
+        resolved[key] = value
+    return resolved
+
+
+def _first_output(result):
+    """The attention output of ``apply``: a stateful variant returns ``(out, new_state)``."""
+    if isinstance(result, (tuple, list)):
+        return result[0], tuple(result[1:])
+    return result, ()
+
+
+def attention_case(kind, *, batch, seq_len, heads, head_dim, dtype=None, options=None,
+                   backward=False, seed=0):
+    """One attention call to time: returns ``(fn, args)`` for ``time_fn(fn, *args)``.
+
+    ``q``, ``k`` and ``v`` are standard normal ``[batch, seq_len, heads, head_dim]`` in
+    ``dtype`` (default: ``default_dtype()``). The call is
+    ``registry.get_variant(kind).apply(q, k, v, make_options(kind, **options), ...)``, with
+    ``ssmax_s=ones([heads])`` when the options' softmax is ``"ssmax"`` and ``state=...`` from
+    the variant's ``init_state(options, num_heads=, head_dim=, key=)`` when it has one.
+    Forward: ``fn`` returns what ``apply`` returns. Backward: ``fn`` returns the gradients of
+    ``sum(out * cotangent)`` with respect to ``q``, ``k`` and ``v`` (plus any new state, so
+    a state update is timed as a training step would run it).
+
+    Raises:
+      ValueError: unknown kind, bad options, or a ``seq_len`` the kind cannot take (checked
+        before any array is built).
+    """
+    variant = registry.get_variant(kind)
+    opts = registry.make_options(kind, **resolve_options(options or {}, seq_len))
+    opts.check_seq_len(seq_len)
+    for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    dtype = resolve_dtype(dtype)
+
+    key_q, key_k, key_v, key_cot, key_state = jax.random.split(jax.random.key(seed), 5)
+    shape = (batch, seq_len, heads, head_dim)
+    q = jax.random.normal(key_q, shape, dtype)
+    k = jax.random.normal(key_k, shape, dtype)
+    v = jax.random.normal(key_v, shape, dtype)
+    ssmax_s = jnp.ones((heads,), jnp.float32) if getattr(opts, "softmax", None) == "ssmax" else None
+    init_state = getattr(variant, "init_state", None)
+    state = None
+    if init_state is not None:
+        state = init_state(opts, num_heads=heads, head_dim=head_dim, key=key_state)
+
+    def apply(q, k, v, ssmax_s, state):
+        kwargs = {}
+        if ssmax_s is not None:
+            kwargs["ssmax_s"] = ssmax_s
+        if init_state is not None:
+            kwargs["state"] = state
+        return variant.apply(q, k, v, opts, **kwargs)
+
+    if not backward:
+        return apply, (q, k, v, ssmax_s, state)
+
+    def loss(q, k, v, ssmax_s, state, cotangent):
+        out, new_state = _first_output(apply(q, k, v, ssmax_s, state))
+        value = jnp.sum(out.astype(jnp.float32) * cotangent.astype(jnp.float32))
+        return value, new_state
+
+    grad_fn = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
+    cotangent = jax.random.normal(key_cot, shape, dtype)
+    return grad_fn, (q, k, v, ssmax_s, state, cotangent)
+
+
+@dataclasses.dataclass
+class _Case:
+    label: str
+    kind: str
+    options: dict
+
+
+def check_cases(kinds_with_options):
+    """Validates ``[(label, kind, options), ...]`` before anything runs.
+
+    Labels must be unique strings, every kind registered and every option name one the kind
+    accepts. Raises ``ValueError`` naming the problem (and listing the registered kinds or
+    the kind's options).
+    """
+    cases = []
+    for entry in kinds_with_options:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 3):
+            raise ValueError(f"each case must be (label, kind, options), got {entry!r}")
+        label, kind, options = entry
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"case label must be a non-empty str, got {label!r}")
+        if any(case.label == label for case in cases):
+            raise ValueError(f"duplicate case label {label!r}")
+        options = dict(options or {})
+        cases.append(_Case(label, kind, options))
+    if not cases:
+        raise ValueError("no cases to run")
+    missing = sorted({case.kind for case in cases} - set(registry.list_variants()),
+                     key=str)
+    if missing:
+        names = ", ".join(repr(kind) for kind in missing)
+        raise ValueError(
+            f"attention kind(s) {names} not registered; registered kinds: "
+            f"{', '.join(registry.list_variants())}"
+        )
+    for case in cases:
+        options_cls = registry.get_variant(case.kind).options_cls
+        fields = [field.name for field in dataclasses.fields(options_cls)]
+        unknown = [key for key in case.options if key not in fields]
+        if unknown:
+            raise ValueError(
+                f"case {case.label!r}: unknown option {unknown[0]!r} for attention kind "
+                f"{case.kind!r}; valid options: {', '.join(fields)}"
+            )
+    return cases
+
+
+def _error_text(err):
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}".strip()
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS - 3] + "..."
+
+
+def run_sweep(kinds_with_options, seq_lens, *, batch, heads, head_dim, dtype=None, backward=False,
+              baseline_label=None, warmup=2, repeats=5, seed=0, progress=True):
+    """Times every ``(label, kind, options)`` at every sequence length.
+
+    Args:
+      kinds_with_options: ``[(label, kind, options), ...]``; option values may be ``"sqrt"``
+        or callables of ``seq_len`` (see ``resolve_options``).
+      seq_lens: sequence lengths; each is run for every case, baseline first.
+      batch, heads, head_dim, dtype, backward, seed: as in ``attention_case``.
+      baseline_label: label the ratios are taken against; default the first case's.
+      warmup, repeats: as in ``time_fn``.
+      progress: show a progress bar (a log line per case is always written).
+
+    Returns:
+      One dict per (seq_len, case): ``label, kind, seq_len, options`` (resolved), ``batch,
+      heads, head_dim, dtype, backward, median_ms, min_ms, max_ms, compile_ms, peak_bytes``
+      (see ``peak_memory_bytes``), ``ratio_to_baseline`` (this row's median / the
+      baseline's at the same seq_len; ``None`` when either failed) and ``error`` (``None``,
+      or the text of the exception — a seq_len the kind cannot take, out of memory — in
+      which case the timings are ``None``).
+
+    Raises:
+      ValueError: bad cases (see ``check_cases``), an unknown ``baseline_label`` or bad
+        sequence lengths; failures of single cases become error rows instead.
+    """
+    cases = check_cases(kinds_with_options)
+    labels = [case.label for case in cases]
+    if baseline_label is None:
+        baseline_label = labels[0]
+    if baseline_label not in labels:
+        raise ValueError(f"baseline_label {baseline_label!r} is not a case label; labels: "
+                         f"{', '.join(labels)}")
+    seq_lens = list(seq_lens)
+    if not seq_lens or any(not isinstance(n, int) or isinstance(n, bool) or n < 1
+                           for n in seq_lens):
+        raise ValueError(f"seq_lens must be a non-empty list of ints >= 1, got {seq_lens!r}")
+    dtype = resolve_dtype(dtype)
+    cases = sorted(cases, key=lambda case: case.label != baseline_label)
+
+    rows = []
+    work = [(seq_len, case) for seq_len in seq_lens for case in cases]
+    bar = tqdm(work, desc="bench", unit="case", disable=not progress)
+    for seq_len, case in bar:
+        bar.set_postfix_str(f"{case.label} @ {seq_len}")
+        row = {
+            "label": case.label, "kind": case.kind, "seq_len": seq_len, "options": None,
+            "batch": batch, "heads": heads, "head_dim": head_dim, "dtype": dtype.name,
+            "backward": bool(backward), "median_ms": None, "min_ms": None, "max_ms": None,
+            "compile_ms": None, "peak_bytes": None, "ratio_to_baseline": None, "error": None,
+        }
+        try:
+            row["options"] = resolve_options(case.options, seq_len)
+            fn, args = attention_case(case.kind, batch=batch, seq_len=seq_len, heads=heads,
+                                      head_dim=head_dim, dtype=dtype, options=row["options"],
+                                      backward=backward, seed=seed)
+            compiled, row["compile_ms"] = _compile(fn, args)
+            row["peak_bytes"] = _compiled_footprint(compiled)
+            row.update(_time_compiled(compiled, args, warmup, repeats))
+            del compiled, fn, args
+            logging.info("%s seq_len=%d: %.3f ms (compile %.0f ms)", case.label, seq_len,
+                         row["median_ms"], row["compile_ms"])
+        except Exception as err:  # pylint: disable=broad-except
+            # One case failing (bad seq_len, out of memory) must not end the sweep.
+            row.update(median_ms=None, min_ms=None, max_ms=None, error=_error_text(err))
+            logging.warning("%s seq_len=%d failed: %s", case.label, seq_len, row["error"])
+        rows.append(row)
+    bar.close()
+
+    baseline = {row["seq_len"]: row["median_ms"] for row in rows if row["label"] == baseline_label}
+    for row in rows:
+        base = baseline.get(row["seq_len"])
+        if row["median_ms"] is not None and base:
+            row["ratio_to_baseline"] = row["median_ms"] / base
+    return rows
+
+
+def fit_exponent(seq_lens, times):
+    """Least-squares slope of ``log(time)`` against ``log(seq_len)``.
+
+    About 2 for dense attention, 1.5 for routing with ``sqrt(n)`` clusters, 1 for local
+    attention (at sizes large enough that fixed costs do not dominate).
+    """
+    n = np.asarray(seq_lens, dtype=np.float64)
+    t = np.asarray(times, dtype=np.float64)
+    if n.ndim != 1 or n.shape != t.shape:
+        raise ValueError(f"seq_lens and times must be 1-D of the same length, got {n.shape} "
+                         f"and {t.shape}")
+    if not (np.all(np.isfinite(n)) and np.all(np.isfinite(t)) and np.all(n > 0) and np.all(t > 0)):
+        raise ValueError("seq_lens and times must be finite and positive")
+    if np.unique(n).size < 2:
+        raise ValueError(f"need at least two distinct sequence lengths, got "
+                         f"{sorted(set(n.tolist()))}")
+    slope, _ = np.polyfit(np.log(n), np.log(t), 1)
+    return float(slope)
+
+
+def fit_exponents(rows):
+    """``{label: fit_exponent over its successful rows}``; ``None`` with fewer than two lengths."""
+    exponents = {}
+    for label in dict.fromkeys(row["label"] for row in rows):
+        points = [(row["seq_len"], row["median_ms"]) for row in rows
+                  if row["label"] == label and row["error"] is None]
+        if len({seq_len for seq_len, _ in points}) < 2:
+            exponents[label] = None
+        else:
+            exponents[label] = fit_exponent(*zip(*points))
+    return exponents
+
+
+def _format_ms(value):
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}"
+
+
+def _format_bytes(value):
+    return "—" if value is None else f"{value / 2**20:.1f}"
+
+
+def to_markdown(rows):
+    """A Markdown table of ``run_sweep`` rows, one line per row, in order."""
+    lines = [
+        "| label | kind | seq_len | median ms | min ms | compile ms | peak MiB | × baseline "
+        "| error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        ratio = row.get("ratio_to_baseline")
+        error = (row.get("error") or "").replace("|", "\\|")
+        lines.append(
+            f"| {row['label']} | {row['kind']} | {row['seq_len']} | "
+            f"{_format_ms(row.get('median_ms'))} | {_format_ms(row.get('min_ms'))} | "
+            f"{_format_ms(row.get('compile_ms'))} | {_format_bytes(row.get('peak_bytes'))} | "
+            f"{'—' if ratio is None else f'{ratio:.2f}'} | {error} |"
+        )
+    return "\n".join(lines) + "\n"
