@@ -135,14 +135,14 @@ def local_visible_keys(i, length, *, block_size, causal, seg):
     return keys
 
 
-def _argmax_visible_keys(i, q_clusters, ranks, *, size, causal, seg):
+def _argmax_visible_keys(i, q_clusters, q_ranks, k_clusters, k_ranks, *, size, causal, seg):
     keys = []
-    for j in range(len(q_clusters)):
-        if q_clusters[j] != q_clusters[i]:
+    for j in range(len(k_clusters)):
+        if k_clusters[j] != q_clusters[i]:
             continue
         if seg is not None and (seg[i] == 0 or seg[j] != seg[i]):
             continue
-        gap = ranks[i] - ranks[j]
+        gap = q_ranks[i] - k_ranks[j]
         if (0 <= gap < size) if causal else (abs(gap) < size):
             keys.append(j)
     return keys
@@ -167,6 +167,12 @@ def visible_key_lists(q, k, *, centroids, num_clusters, cluster_size=None, causa
                       shared_qk=True, local_heads=0, block_size=64, segment_ids=None):
     """``keys[b][h][i]``: the list of keys query ``i`` of head ``h`` sees, from the definitions.
 
+    Argmax: query ``i`` in cluster ``c_i`` at rank ``r_i`` (earlier tokens of its cluster) sees
+    key ``j`` of the same cluster whose rank ``r_j`` among the keys of that cluster satisfies
+    ``0 <= r_i - r_j < w`` (causal) or ``|r_i - r_j| < w``. With ``shared_qk`` the keys take the
+    queries' clusters, so ``r_j`` is ``j``'s own query rank. Balanced: the union of the key sets
+    of the clusters whose top-``w`` queries hold ``i``.
+
     ``assignment="balanced"`` with ``causal=True`` is the paper's top-k routing under a causal
     mask (which the package refuses, since it leaks the future); it is here to show the leak.
     """
@@ -189,9 +195,11 @@ def visible_key_lists(q, k, *, centroids, num_clusters, cluster_size=None, causa
                 continue
             r = h - local_heads
             if assignment == "argmax":
-                clusters = np.argmax(q_scores[b, :, r], axis=-1)
-                ranks = argmax_ranks(clusters)
-                keys[b][h] = [_argmax_visible_keys(i, clusters, ranks, size=size, causal=causal, seg=seg)
+                q_clusters = np.argmax(q_scores[b, :, r], axis=-1)
+                k_clusters = np.argmax(k_scores[b, :, r], axis=-1)
+                q_ranks, k_ranks = argmax_ranks(q_clusters), argmax_ranks(k_clusters)
+                keys[b][h] = [_argmax_visible_keys(i, q_clusters, q_ranks, k_clusters, k_ranks, size=size,
+                                                   causal=causal, seg=seg)
                               for i in range(length)]
             else:
                 q_members = balanced_members(q_scores[b, :, r], valid[b], size)

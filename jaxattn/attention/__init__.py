@@ -9,6 +9,13 @@ from jaxattn.attention.local import local_attention
 from jaxattn.attention.local import local_block_schedule
 from jaxattn.attention.registry import DenseOptions
 from jaxattn.attention.registry import LocalOptions
+from jaxattn.attention.registry import RoutingOptions
+from jaxattn.attention.routing import assign_clusters
+from jaxattn.attention.routing import commitment_loss
+from jaxattn.attention.routing import init_centroids
+from jaxattn.attention.routing import normalize_for_routing
+from jaxattn.attention.routing import routing_attention
+from jaxattn.attention.routing import update_centroids
 from jaxattn.attention.registry import get_variant
 from jaxattn.attention.registry import list_variants
 from jaxattn.attention.registry import make_options
@@ -19,6 +26,13 @@ from jaxattn.attention.ssmax import ssmax_logit_scale
 __all__ = [
     "DenseOptions",
     "LocalOptions",
+    "RoutingOptions",
+    "assign_clusters",
+    "commitment_loss",
+    "init_centroids",
+    "normalize_for_routing",
+    "routing_attention",
+    "update_centroids",
     "dense_attention",
     "get_variant",
     "list_variants",

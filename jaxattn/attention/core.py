@@ -152,10 +152,20 @@ def repeat_kv(x, n_rep):
     return jnp.repeat(x, n_rep, axis=2)
 
 
+def _positions(q_len, kv_len, q_offset):
+    """Query and key positions as ``[q_len, 1]`` and ``[1, kv_len]`` iotas.
+
+    Built in the graph rather than as NumPy constants, so XLA does not embed (and constant
+    fold through) a ``[q_len, kv_len]`` literal, which makes compiling long sequences slow.
+    """
+    q_pos = jax.lax.broadcasted_iota(jnp.int32, (q_len, 1), 0) + q_offset
+    k_pos = jax.lax.broadcasted_iota(jnp.int32, (1, kv_len), 1)
+    return q_pos, k_pos
+
+
 def causal_mask(q_len, kv_len, q_offset=0):
     """Bool ``[q_len, kv_len]``: key ``j`` visible to query ``i`` iff ``j <= i + q_offset``."""
-    q_pos = np.arange(q_len)[:, None] + q_offset
-    k_pos = np.arange(kv_len)[None, :]
+    q_pos, k_pos = _positions(q_len, kv_len, q_offset)
     return k_pos <= q_pos
 
 
@@ -164,9 +174,8 @@ def window_mask(q_len, kv_len, window, q_offset=0):
 
     Combined with ``causal_mask`` this is the sliding window ``i - window < j <= i``.
     """
-    q_pos = np.arange(q_len)[:, None] + q_offset
-    k_pos = np.arange(kv_len)[None, :]
-    return np.abs(q_pos - k_pos) < window
+    q_pos, k_pos = _positions(q_len, kv_len, q_offset)
+    return jnp.abs(q_pos - k_pos) < window
 
 
 def segment_mask(q_segment_ids, kv_segment_ids):
@@ -180,14 +189,13 @@ def make_mask(q_len, kv_len, *, causal, window=None, q_segment_ids=None, kv_segm
               q_offset=0):
     """The full visibility mask, bool ``[B or 1, 1, q_len, kv_len]``.
 
-    Static parts (causal, window) are NumPy; the result is a jax array only when segment ids
-    are given (then its leading dim is ``B``).
+    The leading dim is ``B`` when segment ids are given, else 1.
     """
-    mask = np.ones((q_len, kv_len), dtype=bool)
+    mask = jnp.ones((q_len, kv_len), dtype=bool)
     if causal:
-        mask &= causal_mask(q_len, kv_len, q_offset)
+        mask = mask & causal_mask(q_len, kv_len, q_offset)
     if window is not None:
-        mask &= window_mask(q_len, kv_len, window, q_offset)
+        mask = mask & window_mask(q_len, kv_len, window, q_offset)
     mask = mask[None, None]
     if q_segment_ids is not None:
         seg = segment_mask(q_segment_ids, kv_segment_ids)

@@ -277,14 +277,13 @@ def _argmax_routing(q, k, v, *, centroids, window, causal, shared_qk, segment_id
     Sorting tokens by (cluster, position) makes every cluster a contiguous run that keeps
     position order, so a query at sorted index ``p`` sees sorted indices ``p - d`` for
     offsets ``d`` in ``[0, window)`` (causal) or ``(-window, window)``, masked to its own
-    cluster and document. Logits and outputs are laid out by offset ``d``, relative to the
-    query: what a query computes, and in which order, depends only on its visible keys, so
-    in causal mode later tokens leave its output bit-for-bit unchanged. Cost
+    cluster and document. Probabilities and outputs are laid out by offset ``d``, relative
+    to the query: what a query computes, and in which order, depends only on its visible
+    keys, so in causal mode later tokens leave its output bit-for-bit unchanged. Cost
     ``O(T * window * D)``, memory ``O(T * window)``.
     """
     del shared_qk  # argmax routes each token once, by its query
     batch, length, heads, head_dim = q.shape
-    num_clusters = centroids.shape[1]
     dtype = core.compute_dtype(q.dtype)
     positions = jnp.arange(length, dtype=jnp.int32)[None, None, :]
     clusters = jnp.transpose(assign_clusters(normalize_for_routing(q), centroids), (0, 2, 1))
@@ -297,33 +296,41 @@ def _argmax_routing(q, k, v, *, centroids, window, causal, shared_qk, segment_id
         return jnp.take_along_axis(_to_bhtd(x), order[..., None], axis=2).astype(dtype)
 
     qs, ks, vs = sort(q), sort(k), sort(v)
-    offsets = jnp.arange(0 if causal else 1 - window, window, dtype=jnp.int32)
+    offsets = np.arange(0 if causal else 1 - window, window)
 
-    def shift(x, d):  # x at sorted index p - d (wrapped; the mask drops wrapped entries)
-        return jnp.roll(x, d, axis=2)
+    # Logits by chunks of `window` sorted tokens against their neighbour chunks (the
+    # local-attention schedule), then re-indexed by offset: slot = p_local + window - d.
+    num_chunks = length // window
+    schedule = local_lib.local_block_schedule(num_chunks, causal=causal)
+    neighbours = np.maximum(schedule, 0)
 
-    def visible(d):
-        source = positions - d
-        return ((source >= 0) & (source < length)
-                & (shift(sorted_clusters, d) == sorted_clusters)
-                & (shift(segments, d) == segments) & (segments != 0))
+    def chunked(x):
+        return x.reshape(batch, heads, num_chunks, window, *x.shape[3:])
 
-    def offset_logits(d):
-        return jnp.sum(qs * shift(ks, d), axis=-1) * jnp.asarray(scale, dtype)
+    keys = chunked(ks)[:, :, neighbours].reshape(batch, heads, num_chunks, -1, head_dim)
+    logits = jnp.einsum("bhnqd,bhnsd->bhnqs", chunked(qs), keys,
+                        preferred_element_type=dtype) * jnp.asarray(scale, dtype)
+    slots = np.arange(window)[:, None] + window - offsets[None, :]
+    logits = jnp.take_along_axis(logits, jnp.asarray(slots)[None, None, None], axis=-1)
+    logits = logits.reshape(batch, heads, length, offsets.size)
 
-    # [B, H, T, offsets]
-    mask = jnp.moveaxis(jax.lax.map(visible, offsets), 0, -1)
-    logits = jnp.moveaxis(jax.lax.map(offset_logits, offsets), 0, -1)
+    # [B, H, T, offsets]: the key at sorted index p - d is in the query's cluster and document.
+    source = np.arange(length)[:, None] - offsets[None, :]
+    in_range = jnp.asarray((source >= 0) & (source < length))[None, None]
+    at_source = lambda x: jnp.take(x, jnp.asarray(np.clip(source, 0, length - 1)), axis=-1)
+    mask = (in_range & (at_source(sorted_clusters) == sorted_clusters[..., None])
+            & (at_source(segments) == segments[..., None]) & (segments != 0)[..., None])
     if ssmax_s is not None:
         logits = logits * _ssmax_scale(ssmax_s, mask, dtype)
     probs = core.masked_softmax(logits, mask)
 
+    # Sum over offsets in a fixed order, so a query's output is independent of the rest.
     def accumulate(acc, step):
         d, p = step
-        return acc + p[..., None] * shift(vs, d), None
+        return acc + p[..., None] * jnp.roll(vs, d, axis=2), None
 
     out_sorted, _ = jax.lax.scan(accumulate, jnp.zeros_like(vs),
-                                 (offsets, jnp.moveaxis(probs, -1, 0)))
+                                 (jnp.asarray(offsets), jnp.moveaxis(probs, -1, 0)))
     unsort = jnp.argsort(order, axis=-1)
     out = jnp.take_along_axis(out_sorted, unsort[..., None], axis=2)
     return jnp.transpose(out, (0, 2, 1, 3))
