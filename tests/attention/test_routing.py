@@ -446,23 +446,15 @@ def test_default_assignment_and_cluster_size(causal):
     np.testing.assert_array_equal(np.asarray(default), np.asarray(explicit))
 
 
-def test_bidirectional_argmax_routes_keys_by_their_own_clusters():
-    """Without ``shared_qk`` (allowed when not causal) keys join clusters by ``kn``, not by ``qn``."""
+def test_argmax_needs_shared_qk_even_when_bidirectional():
+    """argmax routes each token once, by its query, which must then also be its key."""
     rng = np.random.default_rng(21)
-    q = rng.normal(size=(2, 16, 2, 8))
-    k = rng.normal(size=(2, 16, 1, 8))
-    v = rng.normal(size=(2, 16, 1, 8))
-    options = dict(centroids=unit_rows(rng, (2, 2, 8)), num_clusters=2, cluster_size=4, causal=False,
-                   assignment="argmax", shared_qk=False, local_heads=0, block_size=4,
-                   segment_ids=segment_ids_for(rng, "packed", 2, 16))
-    assert margin(q, k, options) > MARGIN
-    expected = naive.naive_routing_attention(q, k, v, **options)
-    assert not np.allclose(expected, naive.naive_routing_attention(q, k, v, **{**options, "shared_qk": True}))
-    with jax.enable_x64(True):
-        jq, jk, jv, jopts = to_jax(q, k, v, {**options, "softmax": "softmax", "ssmax_s": None, "scale": None},
-                                   jnp.float64)
-        out = attend(jq, jk, jv, **jopts)
-    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-10, rtol=1e-10)
+    q = jnp.asarray(rng.normal(size=(2, 16, 2, 8)))
+    k = jnp.asarray(rng.normal(size=(2, 16, 1, 8)))
+    options = dict(centroids=jnp.asarray(unit_rows(rng, (2, 2, 8))), num_clusters=2,
+                   cluster_size=4, causal=False, assignment="argmax", shared_qk=False)
+    with pytest.raises(ValueError, match="shared_qk"):
+        routing.routing_attention(q, k, k, **options)
 
 
 def _several_or_no_clusters(rng):
