@@ -74,13 +74,22 @@ def naive_attention(q, k, v, *, causal=True, window=None, segment_ids=None, kv_s
                 continue
             for h in range(heads):
                 kv_head = h // group
-                z = k[b, keys, kv_head] @ q[b, i, h] * scale
-                if softmax == "ssmax":
-                    z = z * float(np.asarray(ssmax_s, dtype=np.float64)[h]) * np.log(len(keys))
-                p = np.exp(z - z.max())
-                p /= p.sum()
-                out[b, i, h] = p @ v[b, keys, kv_head]
+                out[b, i, h] = attend_row(q[b, i, h], k[b, keys, kv_head], v[b, keys, kv_head],
+                                          scale=scale, softmax=softmax, ssmax_s=ssmax_s, head=h)
     return out
+
+
+def attend_row(q_row, keys, values, *, scale, softmax, ssmax_s, head):
+    """Softmax (or SSMax with ``n`` = the number of ``keys``) of one query over its keys.
+
+    ``q_row [D]``, ``keys``/``values [n, D]`` float64 -> ``[D]``.
+    """
+    z = keys @ q_row * scale
+    if softmax == "ssmax":
+        z = z * float(np.asarray(ssmax_s, dtype=np.float64)[head]) * np.log(len(keys))
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return p @ values
 
 
 def naive_masked_attention_jnp(q, k, v, mask, *, ssmax_s=None, scale=None):

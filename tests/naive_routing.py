@@ -15,6 +15,8 @@ scores against the (float32) centroids are then taken in float64.
 import jax.numpy as jnp
 import numpy as np
 
+from tests.naive_attention import attend_row
+
 ROUTING_EPS = 1e-6
 
 
@@ -240,12 +242,8 @@ def naive_routing_attention(q, k, v, *, softmax="softmax", ssmax_s=None, scale=N
                 visible = keys[b][h][i]
                 if not visible:
                     continue
-                z = k_rep[b, visible, h] @ q[b, i, h] * scale
-                if softmax == "ssmax":
-                    z = z * float(np.asarray(ssmax_s, dtype=np.float64)[h]) * np.log(len(visible))
-                p = np.exp(z - z.max())
-                p /= p.sum()
-                out[b, i, h] = p @ v_rep[b, visible, h]
+                out[b, i, h] = attend_row(q[b, i, h], k_rep[b, visible, h], v_rep[b, visible, h],
+                                          scale=scale, softmax=softmax, ssmax_s=ssmax_s, head=h)
     return out
 
 

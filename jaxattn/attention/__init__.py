@@ -5,6 +5,8 @@ to ``[B, Tq, H, D]``; ``registry`` names them and validates their options.
 """
 
 from jaxattn.attention.dense import dense_attention
+from jaxattn.attention.landmark import insert_landmarks
+from jaxattn.attention.landmark import landmark_attention
 from jaxattn.attention.local import local_attention
 from jaxattn.attention.local import local_block_schedule
 from jaxattn.attention.registry import DenseOptions
@@ -30,6 +32,8 @@ __all__ = [
     "assign_clusters",
     "commitment_loss",
     "init_centroids",
+    "insert_landmarks",
+    "landmark_attention",
     "normalize_for_routing",
     "routing_attention",
     "update_centroids",

@@ -111,7 +111,16 @@ def insert_landmarks(tokens, mem_freq, landmark_id):
 
 
 def segments_block_aligned(segment_ids, block_size):
-    """Bool ``[B]``, traceable: every block of row ``b`` lies inside one segment (or padding)."""
+    """Bool ``[B]``, traceable: every block of row ``b`` lies inside one segment (or padding).
+
+    ``segment_ids`` is int ``[B, T]`` with ``T % block_size == 0``; use it under ``jit``, where
+    ``landmark_attention`` cannot check the alignment itself.
+    """
+    if getattr(segment_ids, "ndim", None) != 2:
+        raise ValueError(
+            f"segment_ids must be an int array [batch, seq], got shape "
+            f"{getattr(segment_ids, 'shape', type(segment_ids).__name__)}"
+        )
     batch, seq_len = segment_ids.shape
     check_seq_len(seq_len, block_size)
     blocks = segment_ids.reshape(batch, seq_len // block_size, block_size)
@@ -144,12 +153,12 @@ def check_segment_alignment(segment_ids, block_size):
         )
 
 
-def _is_concrete(x):
+def _concrete_or_none(x):
+    """``x`` as a NumPy array, or ``None`` when it is traced (inside ``jit``, ``grad``, ...)."""
     try:
-        np.asarray(x)
+        return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return False
-    return True
+        return None
 
 
 def _check_options(q, k, v, *, block_size, causal, segment_ids, softmax, ssmax_s, scale,
@@ -169,8 +178,9 @@ def _check_options(q, k, v, *, block_size, causal, segment_ids, softmax, ssmax_s
     check_seq_len(q_len, block_size)
     if segment_ids is not None:
         core.check_segment_ids("segment_ids", segment_ids, batch, q_len)
-        if _is_concrete(segment_ids):
-            check_segment_alignment(segment_ids, block_size)
+        concrete = _concrete_or_none(segment_ids)
+        if concrete is not None:
+            check_segment_alignment(concrete, block_size)
 
 
 def _block_masks(segment_ids, num_blocks, block_size, causal):

@@ -251,18 +251,18 @@ def test_single_block_documents_equal_dense_over_normal_tokens(causal, softmax):
         k = jnp.asarray(rng.normal(size=(2, length, 2, 8)))
         v = jnp.asarray(rng.normal(size=(2, length, 2, 8)))
         s = jnp.asarray(rng.uniform(0.2, 1.5, size=4)) if softmax == "ssmax" else None
-        out = landmark_attention(q, k, v, block_size=block_size, causal=causal, segment_ids=jnp.asarray(seg),
-                                 softmax=softmax, ssmax_s=s)
-        dense = dense_attention(q, k, v, causal=causal, segment_ids=jnp.asarray(seg),
-                                kv_segment_ids=jnp.asarray(kv_seg), softmax=softmax, ssmax_s=s)
-        np.testing.assert_allclose(np.asarray(out), np.asarray(dense), atol=1e-12)
+        landmark = fast_jit(functools.partial(landmark_attention, block_size=block_size, causal=causal,
+                                              softmax=softmax))
+        dense = fast_jit(functools.partial(dense_attention, causal=causal, softmax=softmax))
+        out = landmark(q, k, v, segment_ids=jnp.asarray(seg), ssmax_s=s)
+        expected = dense(q, k, v, segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(kv_seg), ssmax_s=s)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-12)
         # The same for a whole sequence that is a single block.
-        one = landmark_attention(q[:, :block_size], k[:, :block_size], v[:, :block_size],
-                                 block_size=block_size, causal=causal, softmax=softmax, ssmax_s=s)
+        first = (slice(None), slice(0, block_size))
+        one = landmark(q[first], k[first], v[first], ssmax_s=s)
         normal = jnp.asarray([[1] * (block_size - 1) + [0]] * 2, jnp.int32)
-        dense_one = dense_attention(q[:, :block_size], k[:, :block_size], v[:, :block_size], causal=causal,
-                                    segment_ids=jnp.ones((2, block_size), jnp.int32),
-                                    kv_segment_ids=normal, softmax=softmax, ssmax_s=s)
+        dense_one = dense(q[first], k[first], v[first], segment_ids=jnp.ones((2, block_size), jnp.int32),
+                          kv_segment_ids=normal, ssmax_s=s)
         np.testing.assert_allclose(np.asarray(one), np.asarray(dense_one), atol=1e-12)
 
 
@@ -273,7 +273,7 @@ def test_gate_closed_form_two_blocks():
         q = jnp.asarray(rng.normal(size=(1, 4, 1, 2)))
         k = jnp.asarray(rng.normal(size=(1, 4, 1, 2)))
         v = jnp.asarray(rng.normal(size=(1, 4, 1, 2)))
-        out = landmark_attention(q, k, v, block_size=2)
+        out = fast_jit(functools.partial(landmark_attention, block_size=2))(q, k, v)
         z = np.asarray(k[0, :, 0] @ q[0, 2, 0]) / np.sqrt(2)
         gate = np.exp(z[1]) / (np.exp(z[1]) + np.exp(z[2]))
         expected = gate * np.asarray(v[0, 0, 0]) + (1 - gate) * np.asarray(v[0, 2, 0])
@@ -310,19 +310,21 @@ def test_bf16_output_close_to_float32():
     rng = np.random.default_rng(11)
     q, k, v = (rng.normal(size=(2, 12, 4, 8)) for _ in range(3))
     k, v = k[:, :, :2], v[:, :, :2]
-    out = landmark_attention(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), block_size=3)
+    fn = fast_jit(functools.partial(landmark_attention, block_size=3))
+    out = fn(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)))
     assert out.dtype == jnp.bfloat16
-    ref = landmark_attention(*(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32) for x in (q, k, v)),
-                             block_size=3)
+    ref = fn(*(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32) for x in (q, k, v)))
     err = np.abs(np.asarray(out.astype(jnp.float32)) - np.asarray(ref))
     assert np.all(err <= 2.0**-8 * np.abs(np.asarray(ref)) * (1 + 1e-4) + 1e-6), err.max()
 
 
 @pytest.mark.parametrize("implementation", [None, "reference"])
-def test_implementation_reference(implementation):
+def test_implementation_reference_eager_and_jit(implementation):
     q = jnp.asarray(np.random.default_rng(12).normal(size=(1, 6, 2, 4)), jnp.float32)
-    out = landmark_attention(q, q, q, block_size=3, implementation=implementation)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(landmark_attention(q, q, q, block_size=3)))
+    seg = jnp.asarray([[1, 1, 1, 2, 2, 2]], jnp.int32)
+    eager = landmark_attention(q, q, q, block_size=3, segment_ids=seg, implementation=implementation)
+    jitted = jax.jit(functools.partial(landmark_attention, block_size=3))(q, q, q, segment_ids=seg)
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-6)
 
 
 def test_pallas_not_available_yet():
@@ -466,3 +468,5 @@ def test_segment_helpers_reject_bad_inputs():
         check_segment_alignment(np.ones((1, 7), np.int32), 3)
     with pytest.raises(ValueError, match=r"block_size must be an int >= 2"):
         segments_block_aligned(jnp.ones((1, 6), jnp.int32), 1)
+    with pytest.raises(ValueError, match=r"segment_ids must be an int array \[batch, seq\]"):
+        segments_block_aligned(jnp.ones((6,), jnp.int32), 3)
