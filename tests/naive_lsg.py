@@ -32,7 +32,8 @@ def norm_chunk(block_size, sparsity_factor, sparse_block_size):
 def lsh_rotations(seed, heads, head_dim, chunk):
     """Float64 ``[H, D, ceil(chunk/2)]`` random projections, drawn in float32 from ``PRNGKey(seed)``."""
     shape = (heads, head_dim, -(-chunk // 2))
-    return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32), np.float64)
+    with jax.ensure_compile_time_eval():
+        return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32), np.float64)
 
 
 def _shared_segment(seg, members):
@@ -206,13 +207,17 @@ def naive_lsg(q, k, v, *, block_size, sparse_block_size, sparsity_factor, sparsi
 
 
 def naive_lsg_jnp(q, k, v, *, block_size, sparse_block_size, sparsity_factor, sparsity_type,
-                  num_global_tokens, causal, segment_ids=None, ssmax_s=None, scale=None, lsh_seed=0):
+                  num_global_tokens, causal, segment_ids=None, ssmax_s=None, scale=None, lsh_seed=0,
+                  plan_keys=None):
     """The same attention as a jnp formula over explicit masks (differentiable in q, k, v, s).
 
     Which keys each query sees and which tokens each compressed token summarises come from
-    the NumPy plan (computed from the values of ``k``); the weights and the attention are jnp.
+    the NumPy plan, computed from the values ``plan_keys`` (default ``k``; pass them when
+    ``k`` is traced); the weights and the attention are jnp.
     """
-    _, k_np, _, seg = _setup(q, k, v, segment_ids, num_global_tokens)
+    plan_keys = k if plan_keys is None else plan_keys
+    _, k_np, _, seg = _setup(np.zeros(q.shape), plan_keys, plan_keys, segment_ids,
+                             num_global_tokens)
     batch, length, heads, head_dim = q.shape
     g = num_global_tokens
     n = length - g

@@ -16,6 +16,7 @@ from tests.naive_lsg import naive_lsg, naive_lsg_jnp
 
 SETTINGS = settings(max_examples=20, deadline=None)
 FEW = settings(max_examples=10, deadline=None)
+GRADIENTS = settings(max_examples=8, deadline=None)
 STATIC_OPTIONS = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type",
                   "num_global_tokens", "causal", "softmax", "scale", "lsh_seed")
 
@@ -145,7 +146,7 @@ def test_matches_naive_float32(case):
 @pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
 @pytest.mark.parametrize("causal", [True, False])
 def test_every_type_both_directions(sparsity_type, causal):
-    """A fixed long geometry with padding, GQA and SSMax for every type (float64)."""
+    """A fixed long geometry with padding, GQA and SSMax for every type: values and gradients."""
     case = dict(batch=2, block_size=4, sparsity_factor=2, sparse_block_size=2,
                 sparsity_type=sparsity_type, num_global_tokens=1, num_blocks=6, heads=4, kv_heads=2,
                 head_dim=5, causal=causal, segments="random", softmax="ssmax", scale=None,
@@ -154,36 +155,42 @@ def test_every_type_both_directions(sparsity_type, causal):
         q, k, v, options = make_inputs(case, jnp.float64)
         out = attend(q, k, v, **options)
         np.testing.assert_allclose(np.asarray(out), naive(q, k, v, options), atol=1e-10, rtol=1e-10)
+        _check_gradients(q, k, v, options, np.random.default_rng(4))
 
 
-@FEW
+def _check_gradients(q, k, v, options, rng):
+    """Gradients in q, k, v (and SSMax's s) equal autodiff of the jnp naive reference."""
+    options = dict(options)
+    ssmax = options.pop("softmax") == "ssmax"
+    s = options.pop("ssmax_s")
+    if not ssmax:
+        s = jnp.ones((q.shape[2],), jnp.float64)
+    cotangent = jnp.asarray(rng.normal(size=q.shape))
+    reference = functools.partial(naive_lsg_jnp, plan_keys=np.asarray(k), **options)
+
+    def lsg_loss(q, k, v, s):
+        out = lsg_attention(q, k, v, softmax="ssmax" if ssmax else "softmax",
+                            ssmax_s=s if ssmax else None, **options)
+        return jnp.sum(out * cotangent), out
+
+    def naive_loss(q, k, v, s):
+        out = reference(q, k, v, ssmax_s=s if ssmax else None)
+        return jnp.sum(out * cotangent), out
+
+    grad = functools.partial(jax.grad, argnums=(0, 1, 2, 3), has_aux=True)
+    got, out = fast_jit(grad(lsg_loss))(q, k, v, s)
+    want, expected = fast_jit(grad(naive_loss))(q, k, v, s)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-10, rtol=1e-10)
+    for name, g, w in zip("qkvs", got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-9, rtol=1e-9, err_msg=name)
+
+
+@GRADIENTS
 @given(lsg_cases())
 def test_gradients_match_naive_jnp(case):
-    rng = np.random.default_rng(case["seed"] + 1)
     with jax.enable_x64(True):
         q, k, v, options = make_inputs(case, jnp.float64)
-        ssmax = options.pop("softmax") == "ssmax"
-        s = options.pop("ssmax_s")
-        if not ssmax:
-            s = jnp.ones((case["heads"],), jnp.float64)
-        cotangent = jnp.asarray(rng.normal(size=q.shape))
-        reference = functools.partial(naive_lsg_jnp, **options)
-
-        def lsg_loss(q, k, v, s):
-            out = lsg_attention(q, k, v, softmax="ssmax" if ssmax else "softmax",
-                                ssmax_s=s if ssmax else None, **options)
-            return jnp.sum(out * cotangent), out
-
-        def naive_loss(q, k, v, s):
-            out = reference(q, k, v, ssmax_s=s if ssmax else None)
-            return jnp.sum(out * cotangent), out
-
-        grad = functools.partial(jax.grad, argnums=(0, 1, 2, 3), has_aux=True)
-        got, out = fast_jit(grad(lsg_loss))(q, k, v, s)
-        want, expected = grad(naive_loss)(q, k, v, s)
-        np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-10, rtol=1e-10)
-        for name, g, w in zip("qkvs", got, want):
-            np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-9, rtol=1e-9, err_msg=name)
+        _check_gradients(q, k, v, options, np.random.default_rng(case["seed"] + 1))
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -194,9 +201,9 @@ def test_short_sequences_are_dense(causal, num_blocks):
     q = jnp.asarray(rng.normal(size=(2, t, 4, 8)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(2, t, 2, 8)), jnp.float32)
     seg = jnp.asarray(np.sort(rng.integers(0, 3, size=(2, t)), axis=1), jnp.int32)
-    lsg = lsg_attention(q, k, k, block_size=8, num_global_tokens=0, causal=causal, segment_ids=seg,
-                        sparse_block_size=2)
-    dense = dense_attention(q, k, k, causal=causal, segment_ids=seg)
+    lsg = attend(q, k, k, block_size=8, num_global_tokens=0, causal=causal, segment_ids=seg,
+                 sparse_block_size=2)
+    dense = fast_jit(functools.partial(dense_attention, causal=causal))(q, k, k, segment_ids=seg)
     np.testing.assert_allclose(np.asarray(lsg), np.asarray(dense), atol=1e-6)
 
 
@@ -206,10 +213,11 @@ def test_without_globals_or_sparse_keys_it_is_local_attention(causal):
     q = jnp.asarray(rng.normal(size=(1, 40, 2, 8)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(1, 40, 1, 8)), jnp.float32)
     seg = jnp.asarray(rng.integers(0, 3, size=(1, 40)), jnp.int32)
-    expected = local_attention(q, k, k, block_size=8, causal=causal, segment_ids=seg)
+    local = functools.partial(local_attention, block_size=8, causal=causal)
+    expected = fast_jit(local)(q, k, k, segment_ids=seg)
     for sparsity_type, sparse in (("none", 4), ("pooling", 0)):
-        out = lsg_attention(q, k, k, block_size=8, sparse_block_size=sparse, sparsity_type=sparsity_type,
-                            num_global_tokens=0, causal=causal, segment_ids=seg)
+        out = attend(q, k, k, block_size=8, sparse_block_size=sparse, sparsity_type=sparsity_type,
+                     num_global_tokens=0, causal=causal, segment_ids=seg)
         np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-6)
 
 
@@ -277,9 +285,9 @@ def test_lsh_is_deterministic_given_the_seed():
     k = jnp.asarray(rng.normal(size=(1, 65, 2, 8)), jnp.float32)
     options = dict(block_size=16, sparse_block_size=16, sparsity_factor=4, sparsity_type="lsh",
                    num_global_tokens=1, causal=False)
-    first = lsg_attention(q, k, k, lsh_seed=3, **options)
-    again = lsg_attention(q, k, k, lsh_seed=3, **options)
-    other = lsg_attention(q, k, k, lsh_seed=4, **options)
+    first = attend(q, k, k, lsh_seed=3, **options)
+    again = fast_jit(functools.partial(lsg_attention, lsh_seed=3, **options))(q, k, k)
+    other = attend(q, k, k, lsh_seed=4, **options)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
     assert not np.allclose(np.asarray(first), np.asarray(other))
 
@@ -295,7 +303,7 @@ def test_a_window_of_padding_is_masked(sparsity_type):
         k = jnp.asarray(rng.normal(size=(1, 33, 2, 4)), jnp.float64)
         options = dict(block_size=8, sparse_block_size=4, sparsity_factor=4, sparsity_type=sparsity_type,
                        num_global_tokens=1, causal=False, segment_ids=jnp.asarray(seg))
-        out = lsg_attention(q, k, k, **options)
+        out = attend(q, k, k, **options)
         np.testing.assert_allclose(np.asarray(out), naive(q, k, k, options), atol=1e-10)
 
 
