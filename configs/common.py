@@ -54,6 +54,12 @@ def attention_config(kind: str = "dense") -> ml_collections.ConfigDict:
         "ssmax_init": config_dict.placeholder(float),  # default 1 / log(data.seq_len)
         "window": config_dict.placeholder(int),
         "block_size": config_dict.placeholder(int),
+        # LSG attention (kind "lsg"); block_size above is its local block.
+        "sparse_block_size": config_dict.placeholder(int),
+        "sparsity_factor": config_dict.placeholder(int),
+        "sparsity_type": config_dict.placeholder(str),
+        "num_global_tokens": config_dict.placeholder(int),
+        "lsh_seed": config_dict.placeholder(int),
         # Routing attention (kind "routing").
         "num_clusters": config_dict.placeholder(int),
         "cluster_size": config_dict.placeholder(int),

@@ -32,6 +32,15 @@ SUITES = {
         ("dense", "dense", {"causal": True}),
         ("routing", "routing", {"num_clusters": benchmarking.SQRT, "local_heads": 0}),
     ],
+    "lsg": [
+        ("dense", "dense", {"causal": True}),
+        ("lsg_pooling", "lsg", {"causal": True, "block_size": 128, "sparse_block_size": 32,
+                                "sparsity_factor": 4, "sparsity_type": "pooling",
+                                "num_global_tokens": 0}),
+        ("lsg_norm", "lsg", {"causal": True, "block_size": 128, "sparse_block_size": 32,
+                             "sparsity_factor": 4, "sparsity_type": "norm",
+                             "num_global_tokens": 0}),
+    ],
 }
 """Suite name → ``[(label, kind, options), ...]``; the first entry is the baseline.
 

@@ -8,9 +8,13 @@ from jaxattn.attention.dense import dense_attention
 from jaxattn.attention.landmark import insert_landmarks
 from jaxattn.attention.landmark import landmark_attention
 from jaxattn.attention.local import local_attention
+from jaxattn.attention.lsg import SPARSITY_TYPES
+from jaxattn.attention.lsg import lsg_attention
+from jaxattn.attention.lsg import lsg_key_schedule
 from jaxattn.attention.local import local_block_schedule
 from jaxattn.attention.registry import DenseOptions
 from jaxattn.attention.registry import LocalOptions
+from jaxattn.attention.registry import LSGOptions
 from jaxattn.attention.registry import RoutingOptions
 from jaxattn.attention.routing import assign_clusters
 from jaxattn.attention.routing import commitment_loss
@@ -27,7 +31,11 @@ from jaxattn.attention.ssmax import ssmax_logit_scale
 
 __all__ = [
     "DenseOptions",
+    "LSGOptions",
     "LocalOptions",
+    "SPARSITY_TYPES",
+    "lsg_attention",
+    "lsg_key_schedule",
     "RoutingOptions",
     "assign_clusters",
     "commitment_loss",

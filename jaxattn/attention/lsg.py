@@ -87,7 +87,7 @@ class LSGSchedule(NamedTuple):
 def lsg_key_schedule(num_blocks, *, block_size, sparsity_factor, sparse_block_size, causal):
     """Which local blocks and compressed tokens each ordinary query block sees (see module doc)."""
     core.check_positive_int("num_blocks", num_blocks)
-    _check_geometry(block_size, sparsity_factor, sparse_block_size)
+    check_geometry(block_size, sparsity_factor, sparse_block_size)
     core.check_causal(causal)
     local_blocks = local_lib.local_block_schedule(num_blocks, causal=causal)
     step = block_size // sparsity_factor
@@ -105,7 +105,7 @@ def lsg_key_schedule(num_blocks, *, block_size, sparsity_factor, sparse_block_si
 def lsg_compression_window(sparsity_type, *, block_size, sparsity_factor, sparse_block_size):
     """``(W, W // f)``: each window of ``W`` ordinary tokens becomes ``W // f`` compressed tokens."""
     check_sparsity_type(sparsity_type)
-    _check_geometry(block_size, sparsity_factor, sparse_block_size)
+    check_geometry(block_size, sparsity_factor, sparse_block_size)
     f = sparsity_factor
     if sparsity_type == "block_stride":
         return block_size, block_size // f
@@ -120,7 +120,7 @@ def check_sparsity_type(sparsity_type):
         raise ValueError(f"sparsity_type must be one of {SPARSITY_TYPES}, got {sparsity_type!r}")
 
 
-def _check_geometry(block_size, sparsity_factor, sparse_block_size):
+def check_geometry(block_size, sparsity_factor, sparse_block_size):
     core.check_positive_int("block_size", block_size)
     core.check_positive_int("sparsity_factor", sparsity_factor)
     core.check_int("sparse_block_size", sparse_block_size, minimum=0)
@@ -158,7 +158,7 @@ def _check_options(q, k, v, *, block_size, sparse_block_size, sparsity_factor, s
     core.check_implementation(implementation)
     core.check_causal(causal)
     check_sparsity_type(sparsity_type)
-    _check_geometry(block_size, sparsity_factor, sparse_block_size)
+    check_geometry(block_size, sparsity_factor, sparse_block_size)
     core.check_softmax(softmax)
     core.check_scale(scale)
     ssmax_lib.check_ssmax_s(ssmax_s, softmax, heads)

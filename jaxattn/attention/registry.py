@@ -14,6 +14,7 @@ from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
 from jaxattn.attention.dense import dense_attention
 from jaxattn.attention.local import local_attention
+from jaxattn.attention import lsg as lsg_lib
 from jaxattn.attention import routing as routing_lib
 
 
@@ -112,6 +113,38 @@ class RoutingOptions(_Options):
                              f"{window}; choose num_clusters or cluster_size to divide it")
         if self.local_heads:
             local_lib.check_seq_len(seq_len, self.block_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class LSGOptions(_Options):
+    """Options of LSG attention (kind ``"lsg"``); see ``lsg.py``.
+
+    The first ``num_global_tokens`` positions the function receives are the global tokens:
+    ``TransformerLM`` prepends that many learned embeddings, so ``check_seq_len`` takes the
+    length of the ordinary tokens.
+    """
+
+    causal: bool = True
+    block_size: int = 128
+    sparse_block_size: int = 128
+    sparsity_factor: int = 2
+    sparsity_type: str = "norm"
+    num_global_tokens: int = 1
+    softmax: str = "softmax"
+    lsh_seed: int = 0
+
+    def validate(self):
+        core.check_causal(self.causal)
+        lsg_lib.check_geometry(self.block_size, self.sparsity_factor, self.sparse_block_size)
+        lsg_lib.check_sparsity_type(self.sparsity_type)
+        core.check_int("num_global_tokens", self.num_global_tokens, minimum=0)
+        core.check_softmax(self.softmax)
+        core.check_int("lsh_seed", self.lsh_seed, minimum=0)
+
+    def check_seq_len(self, seq_len):
+        super().check_seq_len(seq_len)
+        lsg_lib.check_seq_len(seq_len + self.num_global_tokens, block_size=self.block_size,
+                              num_global_tokens=self.num_global_tokens)
 
 
 def _same(a, b):
@@ -255,6 +288,12 @@ register(
     local_attention,
     LocalOptions,
     doc="Block-local attention: each query block sees its own and the neighbouring key blocks.",
+)
+register(
+    "lsg",
+    lsg_lib.lsg_attention,
+    LSGOptions,
+    doc="LSG attention: local blocks, compressed sparse tokens and global tokens.",
 )
 register(
     "routing",

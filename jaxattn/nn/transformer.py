@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxattn.nn.attention import Attention, AttentionSpec
-from jaxattn.nn.init import partitioned
+from jaxattn.nn.init import logical_param, partitioned
 from jaxattn.nn.layers import RMSNorm, SwiGLU
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,6 +50,18 @@ class TransformerConfig:
             raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        globals_per_layer = {getattr(spec.options, "num_global_tokens", 0)
+                             for spec in self.attention}
+        if len(globals_per_layer) > 1:
+            raise ValueError(
+                "num_global_tokens > 0 needs every layer to use the same number of global "
+                f"tokens (LSG layers throughout), got {sorted(globals_per_layer)} across "
+                "layers; use num_global_tokens=0 to mix LSG with other kinds")
+
+    @property
+    def num_global_tokens(self) -> int:
+        """Learned global tokens prepended to the sequence (LSG), 0 for other kinds."""
+        return getattr(self.attention[0].options, "num_global_tokens", 0)
 
     @property
     def compute_dtype(self):
@@ -95,6 +107,13 @@ class TransformerLM(nnx.Module):
             cfg.vocab_size, cfg.embed_dim, dtype=cfg.compute_dtype,
             embedding_init=partitioned(("vocab", "embed"), nnx.initializers.normal(0.02)),
             rngs=rngs)
+        if cfg.num_global_tokens:
+            self.global_tokens = logical_param(
+                nnx.initializers.normal(0.02)(rngs.params(), (cfg.num_global_tokens,
+                                                              cfg.embed_dim)),
+                (None, "embed"))
+        else:
+            self.global_tokens = None
         self.blocks = nnx.List([Block(cfg, spec, rngs=rngs) for spec in cfg.attention])
         self.final_norm = RMSNorm(cfg.embed_dim)
         if cfg.tie_embeddings:
@@ -122,14 +141,30 @@ class TransformerLM(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         x = self.embed(tokens)
+        if self.global_tokens is not None:
+            x, positions, segment_ids = self._prepend_globals(x, positions, segment_ids)
         layer_rngs = [None] * len(self.blocks) if rng is None else list(
             jax.random.split(rng, len(self.blocks)))
         for block, layer_rng in zip(self.blocks, layer_rngs):
             x = block(x, positions=positions, segment_ids=segment_ids, rng=layer_rng,
                       train=train)
-        x = self.final_norm(x)
+        x = self.final_norm(x[:, self.cfg.num_global_tokens:])
         if self.unembed is None:
             logits = self.embed.attend(x)
         else:
             logits = self.unembed(x)
         return logits.astype(jnp.float32)
+
+    def _prepend_globals(self, x, positions, segment_ids):
+        """LSG's global tokens (Condevaux & Harispe 2022): learned embeddings before the
+        sequence, at position 0; their segment ids are ignored by LSG attention."""
+        batch, num_global = x.shape[0], self.cfg.num_global_tokens
+        globals_ = jnp.broadcast_to(self.global_tokens[...].astype(x.dtype)[None],
+                                    (batch, num_global, x.shape[-1]))
+        x = jnp.concatenate([globals_, x], axis=1)
+        positions = jnp.concatenate(
+            [jnp.zeros((batch, num_global), positions.dtype), positions], axis=1)
+        if segment_ids is not None:
+            segment_ids = jnp.concatenate(
+                [jnp.ones((batch, num_global), segment_ids.dtype), segment_ids], axis=1)
+        return x, positions, segment_ids

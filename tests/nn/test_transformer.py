@@ -16,6 +16,12 @@ SPECS = {
     "local": lambda: AttentionSpec.create("local", block_size=8),
     "routing": lambda: AttentionSpec.create("routing", num_clusters=4, local_heads=1,
                                             block_size=8),
+    "lsg": lambda: AttentionSpec.create("lsg", block_size=4, sparse_block_size=2,
+                                        sparsity_factor=2, sparsity_type="pooling",
+                                        num_global_tokens=2),
+    "lsg_norm": lambda: AttentionSpec.create("lsg", block_size=8, sparse_block_size=2,
+                                             sparsity_factor=4, sparsity_type="norm",
+                                             num_global_tokens=0),
 }
 
 
@@ -44,7 +50,8 @@ def test_shapes_and_dtype():
 
 
 @pytest.mark.parametrize("kinds", [["dense", "dense"], ["ssmax", "ssmax"], ["window", "dense"],
-                                   ["local", "ssmax"], ["routing", "routing"]])
+                                   ["local", "ssmax"], ["routing", "routing"], ["lsg", "lsg"],
+                                   ["lsg_norm", "dense"]])
 @pytest.mark.parametrize("train", [False, True])
 @settings(max_examples=5, deadline=None)
 @given(data=st.data())
@@ -148,3 +155,18 @@ def test_routing_state_updates_only_in_training():
 def test_routing_shared_qk_needs_full_kv_heads():
     with pytest.raises(ValueError, match="shared_qk"):
         tiny_model(["routing"], num_kv_heads=2)
+
+
+def test_lsg_global_tokens_are_a_learned_prefix():
+    model = tiny_model(["lsg", "lsg"])
+    assert model.global_tokens[...].shape == (2, 32)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 32), dtype=np.int32))
+    logits = model(tokens)
+    assert logits.shape == (2, 32, 50)
+    grads = nnx.grad(lambda m: jnp.mean(m(tokens) ** 2))(model)
+    assert float(jnp.abs(grads["global_tokens"][...]).sum()) > 0
+
+
+def test_lsg_global_tokens_cannot_mix_with_other_kinds():
+    with pytest.raises(ValueError, match="num_global_tokens"):
+        tiny_model(["lsg", "dense"])
