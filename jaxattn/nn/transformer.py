@@ -126,7 +126,7 @@ class TransformerLM(nnx.Module):
     def __call__(self, tokens: jnp.ndarray, *, positions: jnp.ndarray | None = None,
                  segment_ids: jnp.ndarray | None = None, rng: jax.Array | None = None,
                  train: bool = False):
-        """Logits for next-token prediction.
+        """Logits for next-token prediction, ``[batch, seq, vocab]`` float32.
 
         Args:
           tokens: ``[batch, seq]`` int token ids.
@@ -135,6 +135,20 @@ class TransformerLM(nnx.Module):
           rng: dropout key; ``None`` runs deterministically.
           train: update stateful attention (routing centroids) and sow auxiliary losses.
         """
+        hidden = self.encode(tokens, positions=positions, segment_ids=segment_ids, rng=rng,
+                             train=train)
+        x = hidden[:, self.cfg.num_global_tokens:]
+        if self.unembed is None:
+            logits = self.embed.attend(x)
+        else:
+            logits = self.unembed(x)
+        return logits.astype(jnp.float32)
+
+    def encode(self, tokens: jnp.ndarray, *, positions: jnp.ndarray | None = None,
+               segment_ids: jnp.ndarray | None = None, rng: jax.Array | None = None,
+               train: bool = False) -> jnp.ndarray:
+        """Final-normalised hidden states ``[batch, num_global_tokens + seq, embed]``, the
+        global tokens (if any) first. Arguments as in ``__call__``."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
         batch, seq = tokens.shape
@@ -148,12 +162,7 @@ class TransformerLM(nnx.Module):
         for block, layer_rng in zip(self.blocks, layer_rngs):
             x = block(x, positions=positions, segment_ids=segment_ids, rng=layer_rng,
                       train=train)
-        x = self.final_norm(x[:, self.cfg.num_global_tokens:])
-        if self.unembed is None:
-            logits = self.embed.attend(x)
-        else:
-            logits = self.unembed(x)
-        return logits.astype(jnp.float32)
+        return self.final_norm(x)
 
     def _prepend_globals(self, x, positions, segment_ids):
         """LSG's global tokens (Condevaux & Harispe 2022): learned embeddings before the
