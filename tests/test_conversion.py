@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import convert_lsg
 from jaxattn import conversion
 from jaxattn.data import BOS_ID
 from jaxattn.training import builders, train_and_evaluate
@@ -27,7 +26,7 @@ def dense_run(tmp_path_factory):
 
 def test_params_are_reused_and_globals_initialised(dense_run):
     config, workdir = dense_run
-    dense_cfg, state, _ = convert_lsg.load_dense(config, workdir)
+    dense_cfg, state, _ = conversion.load_dense(config, workdir)
     lsg_cfg = conversion.lsg_model_config(dense_cfg, **LSG)
     assert all(spec.kind == "lsg" and spec.options.causal for spec in lsg_cfg.attention)
     params = conversion.lsg_params_from_dense(state.params, lsg_cfg)
@@ -42,7 +41,7 @@ def test_params_are_reused_and_globals_initialised(dense_run):
 
 def test_convert_entry_reports_both_models(dense_run, tmp_path):
     config, workdir = dense_run
-    rows, markdown = convert_lsg.run(config, workdir, eval_lens=[64, 128], eval_batches=2,
+    rows, markdown = conversion.compare_with_dense(config, workdir, eval_lens=[64, 128], eval_batches=2,
                                      lsg_options=LSG, out=str(tmp_path))
     assert {(r["model"], r["eval_len"]) for r in rows} == {
         ("dense", 64), ("dense", 128), ("lsg", 64), ("lsg", 128)}
@@ -55,7 +54,7 @@ def test_convert_entry_reports_both_models(dense_run, tmp_path):
 def test_convert_errors(dense_run, tmp_path):
     config, workdir = dense_run
     with pytest.raises(ValueError, match="multiple of block_size=16"):
-        convert_lsg.run(config, workdir, eval_lens=[72], eval_batches=1, lsg_options=LSG,
+        conversion.compare_with_dense(config, workdir, eval_lens=[72], eval_batches=1, lsg_options=LSG,
                         out=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        convert_lsg.load_dense(config, str(tmp_path / "empty"))
+        conversion.load_dense(config, str(tmp_path / "empty"))
