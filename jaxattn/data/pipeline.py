@@ -10,6 +10,7 @@ concatenation of the per-process batches in process order.
 """
 
 import dataclasses
+import functools
 import json
 import numbers
 from collections.abc import Iterator
@@ -91,8 +92,13 @@ def _local_batch_size(cfg: DataConfig, process_index: int, process_count: int) -
     return cfg.batch_size // process_count
 
 
+@functools.lru_cache(maxsize=4)
 def make_splits(cfg: DataConfig) -> tuple[PackedWindows, PackedWindows]:
-    """(train, valid) windows of the configured corpus; both must hold one window."""
+    """(train, valid) windows of the configured corpus; both must hold one window.
+
+    Cached per config: the trainer asks for the validation split at every evaluation, and
+    tokenising and packing the corpus again each time would repeat the same work.
+    """
     tokenizer = get_tokenizer(cfg.tokenizer)
     documents = load_corpus(cfg.corpus, data_dir=cfg.tfds_data_dir)
     stream = pack_documents(documents, tokenizer)
