@@ -9,7 +9,7 @@ import pytest
 
 from jaxattn import conversion
 from jaxattn.data import BOS_ID
-from jaxattn.training import builders, train_and_evaluate
+from jaxattn.training import train_and_evaluate
 from tests.training.helpers import smoke_config
 
 LSG = dict(block_size=16, sparse_block_size=4, sparsity_factor=2, sparsity_type="pooling",

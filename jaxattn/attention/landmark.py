@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattn.attention import checks
 from jaxattn.attention import core
 from jaxattn.attention import ssmax as ssmax_lib
 
@@ -163,21 +164,12 @@ def _concrete_or_none(x):
 
 def _check_options(q, k, v, *, block_size, causal, segment_ids, softmax, ssmax_s, scale,
                    implementation):
-    batch, q_len, kv_len, heads, _, _ = core.check_qkv(q, k, v)
-    core.check_implementation(implementation)
-    core.check_causal(causal)
+    _, q_len, _, _ = checks.check_self_attention(
+        "landmark", q, k, v, causal=causal, softmax=softmax, ssmax_s=ssmax_s, scale=scale,
+        segment_ids=segment_ids, implementation=implementation)
     _check_block_size(block_size)
-    core.check_softmax(softmax)
-    core.check_scale(scale)
-    ssmax_lib.check_ssmax_s(ssmax_s, softmax, heads)
-    if q_len != kv_len:
-        raise ValueError(
-            f"landmark attention needs q and k of the same sequence length, got q_len={q_len}, "
-            f"kv_len={kv_len}"
-        )
     check_seq_len(q_len, block_size)
     if segment_ids is not None:
-        core.check_segment_ids("segment_ids", segment_ids, batch, q_len)
         concrete = _concrete_or_none(segment_ids)
         if concrete is not None:
             check_segment_alignment(concrete, block_size)

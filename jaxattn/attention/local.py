@@ -11,6 +11,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattn.attention import checks
 from jaxattn.attention import core
 from jaxattn.attention import ssmax as ssmax_lib
 
@@ -41,21 +42,10 @@ def check_seq_len(seq_len, block_size):
 
 
 def _check_options(q, k, v, *, block_size, causal, segment_ids, softmax, ssmax_s, scale, implementation):
-    batch, q_len, kv_len, heads, _, _ = core.check_qkv(q, k, v)
-    core.check_implementation(implementation)
-    core.check_causal(causal)
-    core.check_positive_int("block_size", block_size)
-    core.check_softmax(softmax)
-    core.check_scale(scale)
-    ssmax_lib.check_ssmax_s(ssmax_s, softmax, heads)
-    if q_len != kv_len:
-        raise ValueError(
-            f"local attention needs q and k of the same sequence length, got q_len={q_len}, "
-            f"kv_len={kv_len}"
-        )
-    check_seq_len(q_len, block_size)
-    if segment_ids is not None:
-        core.check_segment_ids("segment_ids", segment_ids, batch, q_len)
+    _, seq_len, _, _ = checks.check_self_attention(
+        "local", q, k, v, causal=causal, softmax=softmax, ssmax_s=ssmax_s, scale=scale,
+        segment_ids=segment_ids, implementation=implementation)
+    check_seq_len(seq_len, block_size)
 
 
 def _static_block_mask(schedule, block_size, causal):

@@ -65,9 +65,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattn.attention import checks
 from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
-from jaxattn.attention import ssmax as ssmax_lib
 
 SPARSITY_TYPES = ("none", "pooling", "stride", "block_stride", "norm", "bos_pooling", "lsh")
 
@@ -154,23 +154,13 @@ def check_seq_len(seq_len, *, block_size, num_global_tokens):
 def _check_options(q, k, v, *, block_size, sparse_block_size, sparsity_factor, sparsity_type,
                    num_global_tokens, causal, segment_ids, softmax, ssmax_s, scale, lsh_seed,
                    implementation):
-    batch, q_len, kv_len, heads, _, _ = core.check_qkv(q, k, v)
-    core.check_implementation(implementation)
-    core.check_causal(causal)
+    _, q_len, _, _ = checks.check_self_attention(
+        "LSG", q, k, v, causal=causal, softmax=softmax, ssmax_s=ssmax_s, scale=scale,
+        segment_ids=segment_ids, implementation=implementation)
     check_sparsity_type(sparsity_type)
     check_geometry(block_size, sparsity_factor, sparse_block_size)
-    core.check_softmax(softmax)
-    core.check_scale(scale)
-    ssmax_lib.check_ssmax_s(ssmax_s, softmax, heads)
     core.check_int("lsh_seed", lsh_seed, minimum=0)
-    if q_len != kv_len:
-        raise ValueError(
-            f"LSG attention needs q and k of the same sequence length, got q_len={q_len}, "
-            f"kv_len={kv_len}"
-        )
     check_seq_len(q_len, block_size=block_size, num_global_tokens=num_global_tokens)
-    if segment_ids is not None:
-        core.check_segment_ids("segment_ids", segment_ids, batch, q_len)
 
 
 def _common_segment(ids, members, axis):

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattn.attention import checks
 from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
-from jaxattn.attention import ssmax as ssmax_lib
 
 ASSIGNMENTS = ("argmax", "balanced")
 _LN_EPS = 1e-6
@@ -149,11 +149,9 @@ def resolve_assignment(assignment, causal):
 def _check_options(q, k, v, *, centroids, num_clusters, cluster_size, causal, assignment,
                    shared_qk, local_heads, block_size, segment_ids, softmax, ssmax_s, scale,
                    implementation):
-    batch, seq_len, _, heads, _, head_dim = core.check_qkv(q, k, v)
-    core.check_implementation(implementation)
-    core.check_causal(causal)
-    core.check_softmax(softmax)
-    core.check_scale(scale)
+    _, seq_len, heads, head_dim = checks.check_self_attention(
+        "routing", q, k, v, causal=causal, softmax=softmax, ssmax_s=ssmax_s, scale=scale,
+        segment_ids=segment_ids, implementation=implementation)
     core.check_positive_int("num_clusters", num_clusters)
     core.check_int("local_heads", local_heads, minimum=0)
     if local_heads > heads:
@@ -161,12 +159,6 @@ def _check_options(q, k, v, *, centroids, num_clusters, cluster_size, causal, as
     if not isinstance(shared_qk, bool):
         raise ValueError(f"shared_qk must be a bool, got {shared_qk!r}")
     assignment = resolve_assignment(assignment, causal)
-    ssmax_lib.check_ssmax_s(ssmax_s, softmax, heads)
-    if q.shape[1] != k.shape[1]:
-        raise ValueError(f"routing attention needs q and k of the same length, got "
-                         f"q_len={q.shape[1]}, kv_len={k.shape[1]}")
-    if segment_ids is not None:
-        core.check_segment_ids("segment_ids", segment_ids, batch, seq_len)
     if local_heads:
         local_lib.check_seq_len(seq_len, block_size)
     routing_heads = heads - local_heads
