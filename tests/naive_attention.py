@@ -93,7 +93,8 @@ def attend_row(q_row, keys, values, *, scale, softmax, ssmax_s, head):
 
 
 def naive_masked_attention_jnp(q, k, v, mask, *, ssmax_s=None, scale=None):
-    """Attention over an explicit bool ``mask [B, Tq, Tk]`` with repeated kv heads, in jnp.
+    """Attention over an explicit bool ``mask``, ``[B, Tq, Tk]`` (all heads) or per head
+    ``[B, H, Tq, Tk]``, with repeated kv heads, in jnp.
 
     ``ssmax_s`` ``[H]`` turns on SSMax with ``n_i`` the row count of ``mask``. Rows with no
     visible key output zeros.
@@ -103,7 +104,9 @@ def naive_masked_attention_jnp(q, k, v, mask, *, ssmax_s=None, scale=None):
     k = jnp.repeat(k, group, axis=2)
     v = jnp.repeat(v, group, axis=2)
     scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
-    mask = jnp.asarray(mask)[:, None, :, :]
+    mask = jnp.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[:, None, :, :]
     z = jnp.einsum("bihd,bjhd->bhij", q, k) * scale
     if ssmax_s is not None:
         n = jnp.sum(mask, axis=-1, keepdims=True).astype(z.dtype)

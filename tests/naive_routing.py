@@ -3,16 +3,14 @@
 ``naive_routing_attention`` loops over batch, head and query in float64 NumPy: for every query
 it lists the keys it may see (``visible_keys``, built from the cluster definitions), then takes
 a softmax (or SSMax) over just those. Heads ``h < local_heads`` use block-local attention.
-``routing_mask`` is the same rule as an explicit ``[B, H, T, T]`` array and
-``naive_masked_attention_jnp`` a jnp formula over such a mask, for autodiff with the cluster
-structure held fixed. ``naive_update_centroids`` and ``naive_commitment_loss`` follow the
+``routing_mask`` is the same rule as an explicit ``[B, H, T, T]`` array, for autodiff with
+``tests.naive_attention.naive_masked_attention_jnp`` with the cluster structure held fixed. ``naive_update_centroids`` and ``naive_commitment_loss`` follow the
 online k-means definitions token by token.
 
 Routing vectors are computed in float64 and rounded to float32, as the package returns them;
 scores against the (float32) centroids are then taken in float64.
 """
 
-import jax.numpy as jnp
 import numpy as np
 
 from tests.naive_attention import attend_row
@@ -245,30 +243,6 @@ def naive_routing_attention(q, k, v, *, softmax="softmax", ssmax_s=None, scale=N
                 out[b, i, h] = attend_row(q[b, i, h], k_rep[b, visible, h], v_rep[b, visible, h],
                                           scale=scale, softmax=softmax, ssmax_s=ssmax_s, head=h)
     return out
-
-
-def naive_masked_attention_jnp(q, k, v, mask, *, ssmax_s=None, scale=None):
-    """Attention over an explicit per-head bool ``mask [B, H, T, T]``, in jnp for autodiff.
-
-    kv heads are repeated to the query heads; ``ssmax_s`` ``[H]`` turns on SSMax with ``n_i``
-    the row count of ``mask``. Rows with no visible key output zeros.
-    """
-    heads, head_dim = q.shape[2], q.shape[3]
-    group = heads // k.shape[2]
-    k = jnp.repeat(k, group, axis=2)
-    v = jnp.repeat(v, group, axis=2)
-    scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
-    mask = jnp.asarray(mask)
-    z = jnp.einsum("bihd,bjhd->bhij", q, k) * scale
-    if ssmax_s is not None:
-        n = jnp.sum(mask, axis=-1, keepdims=True).astype(z.dtype)
-        z = z * ssmax_s[None, :, None, None] * jnp.log(jnp.maximum(n, 1.0))
-    z = jnp.where(mask, z, -1e30)
-    z = z - jnp.max(z, axis=-1, keepdims=True)
-    e = jnp.where(mask, jnp.exp(z), 0.0)
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    p = e / jnp.where(total > 0, total, 1.0)
-    return jnp.einsum("bhij,bjhd->bihd", p, v)
 
 
 def naive_update_centroids(centroids, qn, kn, *, segment_ids=None, decay=0.999):

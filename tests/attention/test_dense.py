@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 from jaxattn.attention import core
 from jaxattn.attention import dense_attention, ssmax_init_value, ssmax_logit_scale
+from tests.fast_jit import fast_jit, jit_with_static_options
 from tests.naive_attention import naive_attention, naive_mask, naive_masked_attention_jnp
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -19,25 +20,7 @@ FEW = settings(max_examples=15, deadline=None)
 STATIC_OPTIONS = ("causal", "window", "softmax", "scale", "q_offset")
 
 
-# Every example brings new shapes, so compilation dominates; the shapes are tiny, so compile
-# without the backend's optimisation passes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def fast_jit(fn):
-    return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(static_items):
-    return fast_jit(functools.partial(dense_attention, **dict(static_items)))
-
-
-def attend(q, k, v, **options):
-    """``dense_attention`` under ``fast_jit``, one compiled function per set of static options."""
-    static = tuple(sorted((key, val) for key, val in options.items() if key in STATIC_OPTIONS))
-    arrays = {key: val for key, val in options.items() if key not in STATIC_OPTIONS}
-    return _compiled(static)(q, k, v, **arrays)
+attend = jit_with_static_options(dense_attention, STATIC_OPTIONS)
 
 
 def packed_segment_ids(rng, length, pad=True):

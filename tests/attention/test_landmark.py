@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from jaxattn.attention import dense_attention
 from jaxattn.attention.landmark import (check_segment_alignment, insert_landmarks, landmark_attention,
                                         landmark_positions_mask, segments_block_aligned)
+from tests.fast_jit import fast_jit, jit_with_static_options
 from tests.naive_landmark import naive_groups, naive_landmark_attention, naive_landmark_attention_jnp
 
 SETTINGS = settings(max_examples=15, deadline=None)
@@ -19,25 +20,7 @@ FEW = settings(max_examples=8, deadline=None)
 STATIC_OPTIONS = ("block_size", "causal", "softmax", "scale")
 HEAD_LAYOUTS = [(2, 1), (2, 2), (3, 1), (4, 1), (4, 2), (4, 4)]
 
-# Every example brings new shapes, so compilation dominates; the shapes are tiny, so compile
-# without the backend's optimisation passes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def fast_jit(fn, **kwargs):
-    return jax.jit(fn, compiler_options=FAST_COMPILE, **kwargs)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(static_items):
-    return fast_jit(functools.partial(landmark_attention, **dict(static_items)))
-
-
-def attend(q, k, v, **options):
-    """``landmark_attention`` under ``fast_jit``, one compiled function per set of static options."""
-    static = tuple(sorted((key, val) for key, val in options.items() if key in STATIC_OPTIONS))
-    arrays = {key: val for key, val in options.items() if key not in STATIC_OPTIONS}
-    return _compiled(static)(q, k, v, **arrays)
+attend = jit_with_static_options(landmark_attention, STATIC_OPTIONS)
 
 
 def aligned_segment_ids(rng, batch, num_blocks, block_size):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from jaxattn.attention import dense_attention, local_attention
 from jaxattn.attention.lsg import (SPARSITY_TYPES, lsg_attention, lsg_compression_window,
                                    lsg_key_schedule)
+from tests.fast_jit import fast_jit, jit_with_static_options
 from tests.naive_lsg import naive_lsg, naive_lsg_jnp
 
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -20,25 +21,7 @@ GRADIENTS = settings(max_examples=8, deadline=None)
 STATIC_OPTIONS = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type",
                   "num_global_tokens", "causal", "softmax", "scale", "lsh_seed")
 
-# Every example brings new shapes, so compilation dominates; the shapes are tiny, so compile
-# without the backend's optimisation passes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def fast_jit(fn):
-    return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(static_items):
-    return fast_jit(functools.partial(lsg_attention, **dict(static_items)))
-
-
-def attend(q, k, v, **options):
-    """``lsg_attention`` under ``fast_jit``, one compiled function per set of static options."""
-    static = tuple(sorted((key, val) for key, val in options.items() if key in STATIC_OPTIONS))
-    arrays = {key: val for key, val in options.items() if key not in STATIC_OPTIONS}
-    return _compiled(static)(q, k, v, **arrays)
+attend = jit_with_static_options(lsg_attention, STATIC_OPTIONS)
 
 
 @st.composite

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from jaxattn.attention import dense_attention, local_attention
 from jaxattn.attention import routing
 from tests import naive_routing as naive
+from tests.fast_jit import fast_jit, jit_with_static_options
+from tests.naive_attention import naive_masked_attention_jnp
 
 SETTINGS = settings(max_examples=12, deadline=None)
 FEW = settings(max_examples=6, deadline=None)
@@ -31,25 +33,7 @@ ROUTING_KEYS = ("centroids", "num_clusters", "cluster_size", "causal", "assignme
 MARGIN = 1e-5
 
 
-# Every example brings new shapes, so compilation dominates; the shapes are tiny, so compile
-# without the backend's optimisation passes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def fast_jit(fn):
-    return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(static_items):
-    return fast_jit(functools.partial(routing.routing_attention, **dict(static_items)))
-
-
-def attend(q, k, v, **options):
-    """``routing_attention`` under ``fast_jit``, one compiled function per set of static options."""
-    static = tuple(sorted((key, val) for key, val in options.items() if key in STATIC_OPTIONS))
-    arrays = {key: val for key, val in options.items() if key not in STATIC_OPTIONS}
-    return _compiled(static)(q, k, v, **arrays)
+attend = jit_with_static_options(routing.routing_attention, STATIC_OPTIONS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -528,8 +512,8 @@ def test_gradients_match_naive_autodiff(case):
             return jnp.sum(out * cotangent)
 
         def reference_loss(q, k, v, s):
-            out = naive.naive_masked_attention_jnp(q, k, v, mask, ssmax_s=s if ssmax else None,
-                                                   scale=case["scale"])
+            out = naive_masked_attention_jnp(q, k, v, mask, ssmax_s=s if ssmax else None,
+                                                scale=case["scale"])
             return jnp.sum(out * cotangent)
 
         args = tuple(jnp.asarray(x, jnp.float64) for x in (q, k, v, s))
