@@ -60,6 +60,9 @@ def attention_config(kind: str = "dense") -> ml_collections.ConfigDict:
         "sparsity_type": config_dict.placeholder(str),
         "num_global_tokens": config_dict.placeholder(int),
         "lsh_seed": config_dict.placeholder(int),
+        # Landmark attention (kind "landmark").
+        "mem_freq": config_dict.placeholder(int),
+        "landmark_in_loss": config_dict.placeholder(bool),
         # Routing attention (kind "routing").
         "num_clusters": config_dict.placeholder(int),
         "cluster_size": config_dict.placeholder(int),

@@ -13,6 +13,7 @@ from jaxattn.attention.lsg import lsg_attention
 from jaxattn.attention.lsg import lsg_key_schedule
 from jaxattn.attention.local import local_block_schedule
 from jaxattn.attention.registry import DenseOptions
+from jaxattn.attention.registry import LandmarkOptions
 from jaxattn.attention.registry import LocalOptions
 from jaxattn.attention.registry import LSGOptions
 from jaxattn.attention.registry import RoutingOptions
@@ -31,6 +32,7 @@ from jaxattn.attention.ssmax import ssmax_logit_scale
 
 __all__ = [
     "DenseOptions",
+    "LandmarkOptions",
     "LSGOptions",
     "LocalOptions",
     "SPARSITY_TYPES",

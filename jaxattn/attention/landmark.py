@@ -31,6 +31,7 @@ product of its block's outer weight and its inner weight.
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -204,8 +205,54 @@ def _block_masks(segment_ids, num_blocks, block_size, causal):
     return gate, inner, own
 
 
+class RetrievedBlocks(NamedTuple):
+    """Cached blocks a query attends to besides its window (inference, paper §3.2).
+
+    Each retrieved block is a group of its own, gated by its landmark logit in the query's
+    outer softmax, exactly like a past block of the window.
+
+    keys: ``[B, Tr, H, n, block_size, D]`` with RoPE applied at the block's mapped positions;
+      the last key of a block is its landmark. ``Tr`` is the query length, or 1 when every
+      query of the window shares one selection (``max_over_tokens``).
+    values: same shape as ``keys``.
+    valid: bool ``[B, Tr, H, n]``; an invalid entry (fewer cached blocks than ``n``) is ignored.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    valid: jax.Array
+
+
+def _check_retrieved(retrieved, q, block_size):
+    batch, q_len, heads, head_dim = q.shape
+    if not isinstance(retrieved, RetrievedBlocks):
+        raise ValueError(f"retrieved must be a RetrievedBlocks, got {type(retrieved).__name__}")
+    shape = getattr(retrieved.keys, "shape", None)
+    if (shape is None or len(shape) != 6 or shape[0] != batch or shape[1] not in (1, q_len)
+            or shape[2] != heads or shape[4] != block_size or shape[5] != head_dim):
+        raise ValueError(
+            f"retrieved.keys must be [batch, q_len or 1, heads, n, block_size, head_dim] = "
+            f"[{batch}, {q_len} or 1, {heads}, n, {block_size}, {head_dim}], got {shape}")
+    if getattr(retrieved.values, "shape", None) != shape:
+        raise ValueError(f"retrieved.values must have the shape of retrieved.keys {shape}, got "
+                         f"{getattr(retrieved.values, 'shape', None)}")
+    if getattr(retrieved.valid, "shape", None) != shape[:4] or retrieved.valid.dtype != jnp.bool_:
+        raise ValueError(f"retrieved.valid must be bool {shape[:4]}, got "
+                         f"{getattr(retrieved.valid, 'dtype', None)} "
+                         f"{getattr(retrieved.valid, 'shape', None)}")
+
+
+def _grouped_layout(x, num_blocks, block_size, kv_heads):
+    """``[B, T, H, ...]`` -> ``[B, K, G, c, r, ...]`` (``T = c * r``, ``H = K * G``)."""
+    batch, seq, heads = x.shape[:3]
+    rest = x.shape[3:]
+    x = x.reshape(batch, seq // block_size if seq > 1 else 1, block_size if seq > 1 else 1,
+                  kv_heads, heads // kv_heads, *rest)
+    return jnp.moveaxis(x, (3, 4), (1, 2))
+
+
 def landmark_attention(q, k, v, *, block_size, causal=True, segment_ids=None, softmax="softmax",
-                       ssmax_s=None, scale=None, implementation=None):
+                       ssmax_s=None, scale=None, retrieved=None, implementation=None):
     """Landmark attention with the grouped softmax (paper eqs. 1-4), blockwise.
 
     Args:
@@ -226,10 +273,13 @@ def landmark_attention(q, k, v, *, block_size, causal=True, segment_ids=None, so
         query's segment. Only blocks of the query's segment count; padding outputs 0.
       softmax: ``"softmax"`` or ``"ssmax"``. SSMax multiplies every logit of query ``i`` (gates,
         past-block and own-block tokens) by ``s_h * log(n_i)``, with ``n_i`` the number of keys
-        in the query's own group, i.e. the outer softmax: visible past landmarks plus visible
-        own-block normal tokens.
+        in the query's own group, i.e. the outer softmax: visible landmarks (retrieved ones
+        included) plus visible own-block normal tokens.
       ssmax_s: ``[H]`` float, required with ``softmax="ssmax"``.
       scale: logit scale, default ``1/sqrt(D)``.
+      retrieved: ``RetrievedBlocks`` or ``None``. At inference (§3.2) the window ``q, k, v`` is
+        the current chunk and each query also sees these cached blocks, each gated by its
+        landmark in the same outer softmax as the window's past blocks.
       implementation: ``None`` or ``"reference"``.
 
     Returns:
@@ -238,6 +288,8 @@ def landmark_attention(q, k, v, *, block_size, causal=True, segment_ids=None, so
     """
     _check_options(q, k, v, block_size=block_size, causal=causal, segment_ids=segment_ids,
                    softmax=softmax, ssmax_s=ssmax_s, scale=scale, implementation=implementation)
+    if retrieved is not None:
+        _check_retrieved(retrieved, q, block_size)
     batch, seq_len, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     group = heads // kv_heads
@@ -260,25 +312,165 @@ def landmark_attention(q, k, v, *, block_size, causal=True, segment_ids=None, so
     gate, inner = cross[..., normal], cross[..., :normal]
 
     gate_mask, inner_mask, own_mask = _block_masks(segment_ids, num_blocks, block_size, causal)
-    if softmax == "ssmax":
-        n_visible = (jnp.sum(gate_mask, axis=-1, dtype=jnp.int32)
-                     + jnp.sum(own_mask, axis=-1, dtype=jnp.int32))
-        n_visible = n_visible.reshape(n_visible.shape[0], 1, seq_len).astype(jnp.float32)
-        row = ssmax_lib.ssmax_logit_scale(ssmax_s, n_visible).astype(dtype)
-        row = row.reshape(row.shape[0], kv_heads, group, num_blocks, block_size)
-        gate = gate * row[..., None]
-        inner = inner * row[..., None, None]
-        own = own * row[..., None]
-
     rows = jnp.broadcast_shapes(gate_mask.shape[:-1], own_mask.shape[:-1])
-    outer_mask = jnp.concatenate([jnp.broadcast_to(gate_mask, (*rows, num_blocks)),
-                                  jnp.broadcast_to(own_mask, (*rows, normal))], axis=-1)
+    gate_mask = jnp.broadcast_to(gate_mask, (*rows, num_blocks))[:, None, None]
+    own_mask = jnp.broadcast_to(own_mask, (*rows, normal))[:, None, None]
+    outer = [gate, own]
+    outer_masks = [gate_mask, own_mask]
+    if retrieved is not None:
+        # Retrieved logits [B, K, G, c, r, n, u] (c = r = 1 for a shared selection).
+        eq = "bthd,bthnud->bthnu" if retrieved.keys.shape[1] == seq_len else "bthd,bxhnud->bthnu"
+        mem = jnp.einsum(eq, q, retrieved.keys, preferred_element_type=dtype) * scale
+        mem = _grouped_layout(mem, num_blocks, block_size, kv_heads)
+        mem_gate, mem_inner = mem[..., normal], mem[..., :normal]
+        mem_mask = _grouped_layout(retrieved.valid, num_blocks, block_size, kv_heads)
+        mem_mask = jnp.broadcast_to(mem_mask, mem_gate.shape)
+        outer = [mem_gate] + outer
+        outer_masks = [mem_mask] + outer_masks
+
+    if softmax == "ssmax":
+        n_visible = sum(jnp.sum(m, axis=-1, dtype=jnp.int32) for m in outer_masks)
+        log_n = jnp.log(jnp.maximum(n_visible, 1).astype(jnp.promote_types(ssmax_s.dtype,
+                                                                          jnp.float32)))
+        row = (ssmax_s.reshape(1, kv_heads, group, 1, 1) * log_n).astype(dtype)
+        outer = [x * row[..., None] for x in outer]
+        inner = inner * row[..., None, None]
+        if retrieved is not None:
+            mem_inner = mem_inner * row[..., None, None]
+
+    full_shape = jnp.broadcast_shapes(*(x.shape[:-1] for x in outer))
+    sizes = [x.shape[-1] for x in outer]
+    logits = jnp.concatenate([jnp.broadcast_to(x, (*full_shape, n)) for x, n in zip(outer, sizes)],
+                             axis=-1)
+    mask_shape = jnp.broadcast_shapes(*(m.shape[:-1] for m in outer_masks))
+    mask = jnp.concatenate([jnp.broadcast_to(m, (*mask_shape, n))
+                            for m, n in zip(outer_masks, sizes)], axis=-1)
     # Dividing by the row sums, rather than subtracting a log-sum-exp, keeps the weights summing
     # to 1 within a few ulps however large the logits are.
-    p_outer = core.masked_softmax(jnp.concatenate([gate, own], axis=-1), outer_mask[:, None, None])
-    p_gate, p_own = p_outer[..., :num_blocks], p_outer[..., num_blocks:]
+    p_outer = core.masked_softmax(logits, mask)
+    p_parts = jnp.split(p_outer, np.cumsum(sizes)[:-1], axis=-1)
+    p_gate, p_own = p_parts[-2], p_parts[-1]
     p_inner = core.masked_softmax(inner, inner_mask[:, None, None])
 
     out = jnp.einsum("bkgcrnu,bnukd->bcrkgd", p_gate[..., None] * p_inner, vb)
     out = out + jnp.einsum("bkgcru,bcukd->bcrkgd", p_own, vb)
-    return out.reshape(batch, seq_len, heads, head_dim).astype(q.dtype)
+    out = out.reshape(batch, seq_len, heads, head_dim)
+    if retrieved is not None:
+        p_mem = p_parts[0][..., None] * jax.nn.softmax(mem_inner, axis=-1)
+        p_mem = jnp.moveaxis(p_mem, (1, 2), (3, 4)).reshape(batch, seq_len, heads,
+                                                              *p_mem.shape[-2:])
+        mem_v = retrieved.values[..., :normal, :].astype(dtype)
+        eq = "bthnu,bthnud->bthd" if mem_v.shape[1] == seq_len else "bthnu,bxhnud->bthd"
+        out = out + jnp.einsum(eq, p_mem, mem_v)
+    return out.astype(q.dtype)
+
+
+def apply_landmark(q, k, v, *, mem_freq, causal, softmax, landmark_in_loss, segment_ids=None,
+                   ssmax_s=None, implementation=None):
+    """The registry's entry (kind ``"landmark"``): blocks of ``mem_freq + 1`` tokens.
+
+    ``q``/``k``/``v`` hold the sequence with landmarks already inserted (``TransformerLM``
+    inserts them); ``landmark_in_loss`` belongs to the model's loss.
+    """
+    del landmark_in_loss
+    return landmark_attention(q, k, v, block_size=mem_freq + 1, causal=causal,
+                              segment_ids=segment_ids, softmax=softmax, ssmax_s=ssmax_s,
+                              implementation=implementation)
+
+
+def check_mem_freq_multiple(name, length, mem_freq):
+    """Raises ``ValueError`` unless ``length`` (of ``name``) is a positive multiple of
+    ``mem_freq``."""
+    core.check_positive_int("mem_freq", mem_freq)
+    if length < 1 or length % mem_freq:
+        padded = max(1, -(-length // mem_freq)) * mem_freq
+        raise ValueError(
+            f"{name}: length {length} is not a positive multiple of mem_freq={mem_freq} (a "
+            f"landmark follows every mem_freq tokens); use or pad to {padded}")
+
+
+def interleave_blocks(x, fill, mem_freq):
+    """Puts ``fill[:, b]`` after block ``b`` of ``mem_freq`` entries of ``x``.
+
+    Args:
+      x: ``[B, L, ...]`` with ``L % mem_freq == 0``.
+      fill: ``[B, L // mem_freq, ...]`` (same trailing shape and dtype as ``x``).
+      mem_freq: entries per block.
+
+    Returns:
+      ``[B, L + L // mem_freq, ...]``: blocks of ``mem_freq + 1`` whose last entry is ``fill``.
+    """
+    batch, length = x.shape[:2]
+    check_mem_freq_multiple("x", length, mem_freq)
+    num_blocks = length // mem_freq
+    if fill.shape != (batch, num_blocks, *x.shape[2:]):
+        raise ValueError(f"fill must be [batch, num_blocks, ...] = "
+                         f"{(batch, num_blocks, *x.shape[2:])}, got {fill.shape}")
+    blocks = x.reshape(batch, num_blocks, mem_freq, *x.shape[2:])
+    out = jnp.concatenate([blocks, fill[:, :, None].astype(x.dtype)], axis=2)
+    return out.reshape(batch, num_blocks * (mem_freq + 1), *x.shape[2:])
+
+
+def drop_landmarks(x, mem_freq):
+    """Inverse of ``interleave_blocks``: ``[B, L', ...]`` -> the ``[B, L, ...]`` normal entries."""
+    batch, length = x.shape[:2]
+    if length % (mem_freq + 1):
+        raise ValueError(f"x: length {length} is not a multiple of mem_freq + 1 = {mem_freq + 1}")
+    blocks = x.reshape(batch, length // (mem_freq + 1), mem_freq + 1, *x.shape[2:])
+    return blocks[:, :, :mem_freq].reshape(batch, -1, *x.shape[2:])
+
+
+def landmark_layout(positions, segment_ids, mem_freq):
+    """Positions and segment ids of the sequence with a landmark after every block.
+
+    A normal token at document position ``p`` moves to ``p + p // mem_freq``; the landmark
+    closing a block takes the next position and the block's segment id (that of its last
+    token). With documents aligned to blocks (``p % mem_freq == 0`` at every block start) this
+    is the position the token would have if the landmarks were in the data.
+
+    Args:
+      positions: int ``[B, L]``, ``L % mem_freq == 0``.
+      segment_ids: int ``[B, L]`` or ``None``.
+
+    Returns:
+      ``(positions [B, L'], segment_ids [B, L'] or None)``, ``L' = L + L // mem_freq``.
+    """
+    batch, length = positions.shape
+    check_mem_freq_multiple("positions", length, mem_freq)
+    moved = positions + positions // mem_freq
+    last = moved.reshape(batch, length // mem_freq, mem_freq)[:, :, -1]
+    positions = interleave_blocks(moved, last + 1, mem_freq)
+    if segment_ids is not None:
+        last_ids = segment_ids.reshape(batch, length // mem_freq, mem_freq)[:, :, -1]
+        segment_ids = interleave_blocks(segment_ids, last_ids, mem_freq)
+    return positions, segment_ids
+
+
+def landmark_lm_targets(targets, loss_mask, segment_ids, mem_freq, landmark_id):
+    """Next-token targets of the sequence with landmarks, for ``landmark_in_loss``.
+
+    In a block ``x_0 .. x_{m-1} L`` the last normal token predicts the landmark and the
+    landmark predicts what ``x_{m-1}`` predicted before (the next block's first token), as
+    when the landmarks are part of the data (the paper's ``lm_benchmark``).
+
+    Args:
+      targets, loss_mask: ``[B, L]`` next-token targets and weights of the normal tokens.
+      segment_ids: ``[B, L]`` (0 = padding, whose landmark targets get weight 0) or ``None``.
+      mem_freq, landmark_id: the block length and the landmark token id.
+
+    Returns:
+      ``(targets [B, L'], loss_mask [B, L'])`` aligned with ``interleave_blocks`` outputs.
+    """
+    batch, length = targets.shape
+    check_mem_freq_multiple("targets", length, mem_freq)
+    num_blocks = length // mem_freq
+    blocks = targets.reshape(batch, num_blocks, mem_freq)
+    mask_blocks = loss_mask.reshape(batch, num_blocks, mem_freq)
+    live = (jnp.ones((batch, num_blocks), loss_mask.dtype) if segment_ids is None else
+            (segment_ids.reshape(batch, num_blocks, mem_freq)[:, :, -1] != 0).astype(
+                loss_mask.dtype))
+    marks = jnp.full((batch, num_blocks, 1), landmark_id, targets.dtype)
+    new_targets = jnp.concatenate([blocks[:, :, :-1], marks, blocks[:, :, -1:]], axis=2)
+    new_mask = jnp.concatenate([mask_blocks[:, :, :-1], live[:, :, None], mask_blocks[:, :, -1:]],
+                               axis=2)
+    return (new_targets.reshape(batch, -1), new_mask.reshape(batch, -1))

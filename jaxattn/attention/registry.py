@@ -14,6 +14,7 @@ from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
 from jaxattn.attention.dense import dense_attention
 from jaxattn.attention.local import local_attention
+from jaxattn.attention import landmark as landmark_lib
 from jaxattn.attention import lsg as lsg_lib
 from jaxattn.attention import routing as routing_lib
 
@@ -145,6 +146,38 @@ class LSGOptions(_Options):
         super().check_seq_len(seq_len)
         lsg_lib.check_seq_len(seq_len + self.num_global_tokens, block_size=self.block_size,
                               num_global_tokens=self.num_global_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkOptions(_Options):
+    """Options of landmark attention (kind ``"landmark"``); see ``landmark.py``.
+
+    ``TransformerLM`` inserts a landmark token after every ``mem_freq`` tokens (blocks of
+    ``mem_freq + 1``), so ``check_seq_len`` takes the length of the ordinary tokens. With
+    ``landmark_in_loss`` the training loss also counts the landmark positions (the token
+    before a landmark predicts it, the landmark predicts the next block's first token), as
+    in the paper's ``lm_benchmark``; evaluation always scores the ordinary tokens only.
+    """
+
+    causal: bool = True
+    mem_freq: int = 50
+    softmax: str = "softmax"
+    landmark_in_loss: bool = False
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_positive_int("mem_freq", self.mem_freq)
+        core.check_softmax(self.softmax)
+        if not isinstance(self.landmark_in_loss, bool):
+            raise ValueError(f"landmark_in_loss must be a bool, got {self.landmark_in_loss!r}")
+
+    def check_seq_len(self, seq_len):
+        super().check_seq_len(seq_len)
+        landmark_lib.check_mem_freq_multiple("seq_len", seq_len, self.mem_freq)
+
+    @property
+    def block_size(self) -> int:
+        return self.mem_freq + 1
 
 
 def _same(a, b):
@@ -294,6 +327,12 @@ register(
     lsg_lib.lsg_attention,
     LSGOptions,
     doc="LSG attention: local blocks, compressed sparse tokens and global tokens.",
+)
+register(
+    "landmark",
+    landmark_lib.apply_landmark,
+    LandmarkOptions,
+    doc="Landmark attention: a landmark token per block gates the block (grouped softmax).",
 )
 register(
     "routing",

@@ -27,8 +27,15 @@ def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -
     if positions.shape != x.shape[:2]:
         raise ValueError(
             f"positions must be [batch, seq] = {x.shape[:2]}, got shape {positions.shape}")
+    return rotate(x, positions[:, :, None], base)
+
+
+def rotate(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -> jnp.ndarray:
+    """RoPE for any layout: ``x [..., head_dim]`` at ``positions`` broadcastable to
+    ``x.shape[:-1]`` (e.g. one position per retrieved key, query and head)."""
     inv_freq = rope_frequencies(x.shape[-1], base)
-    angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq[None, None, None, :]
+    positions = jnp.asarray(positions, jnp.float32)
+    angles = positions[..., None] * inv_freq.reshape((1,) * positions.ndim + (-1,))
     sin, cos = jnp.sin(angles), jnp.cos(angles)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

@@ -43,19 +43,26 @@ class TokenStream:
         return TokenStream(self.tokens[start:stop], self.doc_ids[start:stop])
 
 
-def pack_documents(documents: Iterable[str], tokenizer: Tokenizer) -> TokenStream:
+def pack_documents(documents: Iterable[str], tokenizer: Tokenizer, *,
+                   align: int = 1) -> TokenStream:
     """Tokenises documents, each prefixed by BOS, into one stream.
 
-    Empty documents are dropped; document ids count only the kept ones.
+    Empty documents are dropped; document ids count only the kept ones. With ``align > 1``
+    every document is padded (PAD tokens, in the document) to a multiple of ``align`` tokens,
+    so documents start at multiples of ``align`` (landmark attention's blocks); windows built
+    with ``pad_id`` give the padding no loss.
     """
+    if not isinstance(align, int) or isinstance(align, bool) or align < 1:
+        raise ValueError(f"align must be a positive int, got {align!r}")
     pieces, lengths = [], []
     bos = np.array([tokenizer.bos_id], dtype=np.int32)
     for document in documents:
         if not document:
             continue
         ids = np.asarray(tokenizer.encode(document), dtype=np.int32)
-        pieces.extend((bos, ids))
-        lengths.append(1 + ids.shape[0])
+        pad = -(1 + ids.shape[0]) % align
+        pieces.extend((bos, ids, np.full([pad], tokenizer.pad_id, np.int32)))
+        lengths.append(1 + ids.shape[0] + pad)
     if not pieces:
         return TokenStream(np.zeros([0], np.int32), np.zeros([0], np.int32))
     tokens = np.concatenate(pieces)
@@ -63,15 +70,17 @@ def pack_documents(documents: Iterable[str], tokenizer: Tokenizer) -> TokenStrea
     return TokenStream(tokens, doc_ids)
 
 
-def split_stream(stream: TokenStream, valid_fraction: float) -> tuple[TokenStream, TokenStream]:
-    """(train, valid): the last round(valid_fraction * N) tokens are validation.
+def split_stream(stream: TokenStream, valid_fraction: float, *,
+                 align: int = 1) -> tuple[TokenStream, TokenStream]:
+    """(train, valid): the last round(valid_fraction * N) tokens are validation, rounded
+    down to a multiple of ``align`` (so aligned documents stay aligned in both parts).
 
     Both parts are contiguous and disjoint; a document may straddle the cut.
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     n = len(stream)
-    n_valid = int(round(valid_fraction * n))
+    n_valid = int(round(valid_fraction * n)) // align * align
     return stream.slice(0, n - n_valid), stream.slice(n - n_valid, n)
 
 
@@ -85,10 +94,12 @@ class PackedWindows:
       positions   [T] int32    offset of the input token from the start of its
                                document, or from the window start for the document
                                cut by the window start (so every window starts at 0)
-      loss_mask   [T] float32  1 where the target is in the input's document, else 0
+      loss_mask   [T] float32  1 where the target is in the input's document (and is not
+                               ``pad_id``, when given), else 0
     """
 
-    def __init__(self, stream: TokenStream, seq_len: int, *, split: str = "train"):
+    def __init__(self, stream: TokenStream, seq_len: int, *, split: str = "train",
+                 pad_id: int | None = None):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         needed = seq_len + 1
@@ -100,6 +111,7 @@ class PackedWindows:
             )
         self._stream = stream
         self._seq_len = seq_len
+        self._pad_id = pad_id
         self._len = (len(stream) - 1) // seq_len
 
     @property
@@ -126,12 +138,15 @@ class PackedWindows:
         segment_ids = np.cumsum(new_doc, dtype=np.int32)
         steps = np.arange(self._seq_len, dtype=np.int32)
         segment_start = np.maximum.accumulate(np.where(new_doc, steps, 0))
+        loss_mask = same_doc
+        if self._pad_id is not None:
+            loss_mask = loss_mask & (tokens[1:] != self._pad_id)
         return {
             "inputs": tokens[:-1].astype(np.int32),
             "targets": tokens[1:].astype(np.int32),
             "segment_ids": segment_ids,
             "positions": steps - segment_start,
-            "loss_mask": same_doc.astype(np.float32),
+            "loss_mask": loss_mask.astype(np.float32),
         }
 
     def __repr__(self) -> str:

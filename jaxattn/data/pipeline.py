@@ -42,6 +42,8 @@ class DataConfig:
     valid_fraction: share of the token stream, taken from its end, held out for eval.
     seed: shuffling seed, in [0, 2**32).
     tfds_data_dir: directory of prepared TFDS datasets ("tfds:" corpora only).
+    align: documents are padded to multiples of this many tokens (landmark blocks); the
+      padding is in its document and never a target. ``seq_len`` must be a multiple of it.
     """
 
     corpus: str = "builtin:kjv"
@@ -51,6 +53,7 @@ class DataConfig:
     valid_fraction: float = 0.02
     seed: int = 0
     tfds_data_dir: str | None = None
+    align: int = 1
 
     def __post_init__(self):
         if not isinstance(self.corpus, str):
@@ -71,6 +74,11 @@ class DataConfig:
             )
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if not _is_int(self.align) or self.align < 1:
+            raise ValueError(f"align must be a positive integer, got {self.align!r}")
+        if self.seq_len % self.align:
+            raise ValueError(f"seq_len={self.seq_len} must be a multiple of align={self.align} "
+                             "(documents start at multiples of align)")
         if self.tfds_data_dir is not None and not isinstance(self.tfds_data_dir, str):
             raise ValueError(
                 f"tfds_data_dir must be a string or None, got {self.tfds_data_dir!r}"
@@ -101,11 +109,12 @@ def make_splits(cfg: DataConfig) -> tuple[PackedWindows, PackedWindows]:
     """
     tokenizer = get_tokenizer(cfg.tokenizer)
     documents = load_corpus(cfg.corpus, data_dir=cfg.tfds_data_dir)
-    stream = pack_documents(documents, tokenizer)
-    train, valid = split_stream(stream, cfg.valid_fraction)
+    stream = pack_documents(documents, tokenizer, align=cfg.align)
+    train, valid = split_stream(stream, cfg.valid_fraction, align=cfg.align)
+    pad_id = tokenizer.pad_id if cfg.align > 1 else None
     return (
-        PackedWindows(train, cfg.seq_len, split="train"),
-        PackedWindows(valid, cfg.seq_len, split="valid"),
+        PackedWindows(train, cfg.seq_len, split="train", pad_id=pad_id),
+        PackedWindows(valid, cfg.seq_len, split="valid", pad_id=pad_id),
     )
 
 

@@ -90,15 +90,9 @@ class Attention(nnx.Module):
         With ``train=True`` a stateful kind updates its state after the attention (which used
         the old state) and sows its auxiliary loss as ``nnx.Intermediate`` ``"aux_loss"``.
         """
-        batch, seq, _ = x.shape
-        q = apply_rope(self.query(x).reshape(batch, seq, self.num_heads, self.head_dim),
-                       positions, self.rope_base)
-        if self.key is None:
-            k = q
-        else:
-            k = apply_rope(self.key(x).reshape(batch, seq, self.num_kv_heads, self.head_dim),
-                           positions, self.rope_base)
-        v = self.value(x).reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project(x)
+        q = apply_rope(q, positions, self.rope_base)
+        k = q if self.key is None else apply_rope(k, positions, self.rope_base)
         variant = registry.get_variant(self.spec.kind)
         ssmax_s = None if self.ssmax_s is None else self.ssmax_s[...]
         state = None if self.state is None else self.state[...]
@@ -109,4 +103,19 @@ class Attention(nnx.Module):
                                                        segment_ids=segment_ids)
             self.state[...] = new_state
             self.sow(nnx.Intermediate, "aux_loss", aux_loss)
+        return self.output(out)
+
+    def project(self, x: jnp.ndarray):
+        """``(q [B, T, H, D], k [B, T, K, D], v [B, T, K, D])`` before RoPE (``k`` is ``q``
+        with shared QK)."""
+        batch, seq, _ = x.shape
+        q = self.query(x).reshape(batch, seq, self.num_heads, self.head_dim)
+        k = q if self.key is None else self.key(x).reshape(batch, seq, self.num_kv_heads,
+                                                           self.head_dim)
+        v = self.value(x).reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def output(self, out: jnp.ndarray) -> jnp.ndarray:
+        """Attention output ``[B, T, H, D]`` -> ``[B, T, embed]``."""
+        batch, seq = out.shape[:2]
         return self.out(out.reshape(batch, seq, self.num_heads * self.head_dim))

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxattn.attention import landmark as landmark_lib
+from jaxattn.data.tokenizer import RESERVED_ID
 from jaxattn.nn.attention import Attention, AttentionSpec
 from jaxattn.nn.init import logical_param, partitioned
 from jaxattn.nn.layers import RMSNorm, SwiGLU
@@ -36,6 +38,7 @@ class TransformerConfig:
     tie_embeddings: bool = True
     dropout_rate: float = 0.0
     dtype: str = "float32"
+    landmark_id: int = RESERVED_ID
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads",
@@ -57,11 +60,29 @@ class TransformerConfig:
                 "num_global_tokens > 0 needs every layer to use the same number of global "
                 f"tokens (LSG layers throughout), got {sorted(globals_per_layer)} across "
                 "layers; use num_global_tokens=0 to mix LSG with other kinds")
+        landmark = {spec.options for spec in self.attention if spec.kind == "landmark"}
+        if len(landmark) > 1:
+            raise ValueError(
+                "landmark layers must share mem_freq and landmark_in_loss (one landmark token "
+                f"stream for the whole model), got {sorted(map(repr, landmark))}")
+        if landmark and self.num_global_tokens:
+            raise ValueError("landmark attention cannot be combined with LSG global tokens")
+        if landmark and not 0 <= self.landmark_id < self.vocab_size:
+            raise ValueError(f"model.landmark_id must be a token id in [0, {self.vocab_size}), "
+                             f"got {self.landmark_id!r}")
 
     @property
     def num_global_tokens(self) -> int:
         """Learned global tokens prepended to the sequence (LSG), 0 for other kinds."""
         return getattr(self.attention[0].options, "num_global_tokens", 0)
+
+    @property
+    def landmark(self):
+        """The ``LandmarkOptions`` of the landmark layers, or ``None`` without any."""
+        for spec in self.attention:
+            if spec.kind == "landmark":
+                return spec.options
+        return None
 
     @property
     def compute_dtype(self):
@@ -125,7 +146,7 @@ class TransformerLM(nnx.Module):
 
     def __call__(self, tokens: jnp.ndarray, *, positions: jnp.ndarray | None = None,
                  segment_ids: jnp.ndarray | None = None, rng: jax.Array | None = None,
-                 train: bool = False):
+                 train: bool = False, keep_landmarks: bool = False):
         """Logits for next-token prediction, ``[batch, seq, vocab]`` float32.
 
         Args:
@@ -134,27 +155,43 @@ class TransformerLM(nnx.Module):
           segment_ids: ``[batch, seq]`` document ids of packed sequences (0 = padding).
           rng: dropout key; ``None`` runs deterministically.
           train: update stateful attention (routing centroids) and sow auxiliary losses.
+          keep_landmarks: with landmark layers, return the logits of the landmark positions
+            too, ``[batch, seq + seq // mem_freq, vocab]`` (for ``landmark_lm_targets``).
         """
         hidden = self.encode(tokens, positions=positions, segment_ids=segment_ids, rng=rng,
-                             train=train)
-        x = hidden[:, self.cfg.num_global_tokens:]
+                             train=train, keep_landmarks=keep_landmarks)
+        return self.logits(hidden[:, self.cfg.num_global_tokens:])
+
+    def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
+        """Final-normalised hidden states ``[..., embed]`` -> float32 logits ``[..., vocab]``."""
         if self.unembed is None:
-            logits = self.embed.attend(x)
+            logits = self.embed.attend(hidden)
         else:
-            logits = self.unembed(x)
+            logits = self.unembed(hidden)
         return logits.astype(jnp.float32)
 
     def encode(self, tokens: jnp.ndarray, *, positions: jnp.ndarray | None = None,
                segment_ids: jnp.ndarray | None = None, rng: jax.Array | None = None,
-               train: bool = False) -> jnp.ndarray:
+               train: bool = False, keep_landmarks: bool = False) -> jnp.ndarray:
         """Final-normalised hidden states ``[batch, num_global_tokens + seq, embed]``, the
-        global tokens (if any) first. Arguments as in ``__call__``."""
+        global tokens (if any) first. Arguments as in ``__call__``.
+
+        With landmark layers (Mohtashami & Jaggi 2023) the model inserts the landmark token
+        (``cfg.landmark_id``, its own embedding row) after every ``mem_freq`` tokens, at the
+        positions and segments of ``landmark.landmark_layout``, so ``seq`` must be a multiple
+        of ``mem_freq`` and documents must start at multiples of it; the landmark states are
+        dropped again unless ``keep_landmarks``.
+        """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
         batch, seq = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         x = self.embed(tokens)
+        landmark = self.cfg.landmark
+        if landmark is not None:
+            x, positions, segment_ids = self._insert_landmarks(x, positions, segment_ids,
+                                                               landmark.mem_freq)
         if self.global_tokens is not None:
             x, positions, segment_ids = self._prepend_globals(x, positions, segment_ids)
         layer_rngs = [None] * len(self.blocks) if rng is None else list(
@@ -162,7 +199,18 @@ class TransformerLM(nnx.Module):
         for block, layer_rng in zip(self.blocks, layer_rngs):
             x = block(x, positions=positions, segment_ids=segment_ids, rng=layer_rng,
                       train=train)
-        return self.final_norm(x)
+        x = self.final_norm(x)
+        if landmark is not None and not keep_landmarks:
+            x = landmark_lib.drop_landmarks(x, landmark.mem_freq)
+        return x
+
+    def _insert_landmarks(self, x, positions, segment_ids, mem_freq):
+        landmark_lib.check_mem_freq_multiple("tokens", x.shape[1], mem_freq)
+        batch, num_blocks = x.shape[0], x.shape[1] // mem_freq
+        marks = self.embed(jnp.full((batch, num_blocks), self.cfg.landmark_id, jnp.int32))
+        x = landmark_lib.interleave_blocks(x, marks, mem_freq)
+        positions, segment_ids = landmark_lib.landmark_layout(positions, segment_ids, mem_freq)
+        return x, positions, segment_ids
 
     def _prepend_globals(self, x, positions, segment_ids):
         """LSG's global tokens (Condevaux & Harispe 2022): learned embeddings before the

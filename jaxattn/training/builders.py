@@ -44,10 +44,13 @@ def model_config(config) -> TransformerConfig:
 
 
 def data_config(config) -> DataConfig:
+    """The data of ``config``; a landmark model gets documents aligned to its blocks."""
     d = config.data
+    landmark = model_config(config).landmark
     return DataConfig(corpus=d.corpus, tokenizer=d.tokenizer, seq_len=d.seq_len,
                       batch_size=d.batch_size, valid_fraction=d.valid_fraction,
-                      seed=config.seed, tfds_data_dir=d.tfds_data_dir)
+                      seed=config.seed, tfds_data_dir=d.tfds_data_dir,
+                      align=1 if landmark is None else landmark.mem_freq)
 
 
 def known_kinds() -> list[str]:

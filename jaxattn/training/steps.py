@@ -9,20 +9,30 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxattn.attention.landmark import landmark_lm_targets
 from jaxattn.training.losses import masked_cross_entropy
 from jaxattn.training.state import TrainState, merge_model, split_model
 
 
 def _forward(graphdef, params, variables, batch, rng, *, train):
-    """``(logits, aux_loss, variables)``: the summed auxiliary losses the layers sowed and
-    the non-parameter variables as the forward pass left them (stateful layers, such as
-    online k-means centroids, update them in place when ``train``)."""
+    """``(loss_sum, count, aux_loss, variables)``: the masked cross-entropy, the summed
+    auxiliary losses the layers sowed and the non-parameter variables as the forward pass left
+    them (stateful layers, such as online k-means centroids, update them in place when
+    ``train``). Training of a landmark model with ``landmark_in_loss`` also scores the
+    landmark positions; evaluation scores the ordinary tokens only."""
     model = merge_model(graphdef, params, variables)
+    landmark = model.cfg.landmark
+    with_landmarks = train and landmark is not None and landmark.landmark_in_loss
     logits, sown = nnx.capture(model, nnx.Intermediate)(
         batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
-        rng=rng, train=train)
+        rng=rng, train=train, keep_landmarks=with_landmarks)
+    targets, loss_mask = batch["targets"], batch["loss_mask"]
+    if with_landmarks:
+        targets, loss_mask = landmark_lm_targets(targets, loss_mask, batch["segment_ids"],
+                                                 landmark.mem_freq, model.cfg.landmark_id)
+    loss_sum, count = masked_cross_entropy(logits, targets, loss_mask)
     aux_loss = sum(jax.tree.leaves(sown), jnp.zeros((), jnp.float32))
-    return logits, aux_loss, split_model(model)[2]
+    return loss_sum, count, aux_loss, split_model(model)[2]
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, *, dropout: bool):
@@ -33,9 +43,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *, dropou
     """
 
     def loss_fn(params, variables, batch, rng):
-        logits, aux_loss, new_variables = _forward(graphdef, params, variables, batch,
-                                                   rng if dropout else None, train=True)
-        loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        loss_sum, count, aux_loss, new_variables = _forward(
+            graphdef, params, variables, batch, rng if dropout else None, train=True)
         loss = loss_sum / jnp.maximum(count, 1.0)
         return loss + aux_loss, (loss, aux_loss, count, new_variables)
 
@@ -59,9 +68,8 @@ def make_eval_step(graphdef):
     """``eval_step(state, batch) -> {"loss_sum", "count"}`` summed over the batch."""
 
     def eval_step(state: TrainState, batch):
-        logits, _, _ = _forward(graphdef, state.params, state.variables, batch, None,
-                                train=False)
-        loss_sum, count = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        loss_sum, count, _, _ = _forward(graphdef, state.params, state.variables, batch, None,
+                                         train=False)
         return {"loss_sum": loss_sum, "count": count}
 
     return eval_step

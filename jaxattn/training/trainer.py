@@ -18,6 +18,7 @@ import tqdm
 from flax import nnx
 
 from jaxattn import sharding
+from jaxattn.attention.landmark import check_segment_alignment
 from jaxattn.data import (get_iterator_state, make_eval_batches, make_train_iterator,
                           set_iterator_state)
 from jaxattn.nn.transformer import TransformerLM
@@ -62,19 +63,33 @@ def create_train_state(model_cfg, optimizer, mesh, seed: int):
     return graphdef, init(jax.random.PRNGKey(seed))
 
 
-def _device_batch(batch: dict, batch_sharding) -> dict:
+def _device_batch(batch: dict, batch_sharding, model_cfg=None) -> dict:
+    """The host batch as global arrays; a landmark model's batch is first checked (on the
+    host, where it is cheap) to keep every document aligned to its blocks, since inside the
+    jitted step a misaligned batch could only be masked, not reported."""
+    landmark = None if model_cfg is None else model_cfg.landmark
+    if landmark is not None:
+        try:
+            check_segment_alignment(np.asarray(batch["segment_ids"]), landmark.mem_freq)
+        except ValueError as e:
+            raise ValueError(f"a data batch does not fit landmark blocks of mem_freq="
+                             f"{landmark.mem_freq} tokens (build the data with "
+                             f"DataConfig.align={landmark.mem_freq}): {e}") from e
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
             for k, v in batch.items()}
 
 
-def evaluate(eval_step, state, data_cfg, batch_sharding, *, max_batches: int) -> dict:
-    """Loss, perplexity and bits per byte over the first ``max_batches`` validation batches."""
+def evaluate(eval_step, state, data_cfg, batch_sharding, *, max_batches: int,
+             model_cfg=None) -> dict:
+    """Loss, perplexity and bits per byte over the first ``max_batches`` validation batches.
+
+    ``model_cfg`` (optional) enables the host-side batch checks of ``_device_batch``."""
     loss_sum, count = 0.0, 0.0
     batches = make_eval_batches(data_cfg, max_batches=max_batches,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
     for batch in batches:
-        out = eval_step(state, _device_batch(batch, batch_sharding))
+        out = eval_step(state, _device_batch(batch, batch_sharding, model_cfg))
         loss_sum += float(out["loss_sum"])
         count += float(out["count"])
     # The byte tokenizer spends one token per byte and targets never include specials
@@ -122,7 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     try:
         with StopRequest() as stop:
             while step < total_steps:
-                batch = _device_batch(next(data_iter), batch_sharding)
+                batch = _device_batch(next(data_iter), batch_sharding, model_cfg)
                 new_state, metrics = train_step(state, batch)
                 loss = float(metrics["loss"])
                 if not np.isfinite(loss):
@@ -138,7 +153,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     bar.set_postfix(loss=f"{loss:.3f}")
                 if step % config.train.eval_every == 0 or step == total_steps:
                     eval_metrics = evaluate(eval_step, state, data_cfg, batch_sharding,
-                                            max_batches=config.train.eval_batches)
+                                            max_batches=config.train.eval_batches,
+                                            model_cfg=model_cfg)
                     writer.write(step, eval_metrics, prefix="eval/")
                     bar.write(f"step {step}: " + ", ".join(
                         f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
