@@ -22,11 +22,9 @@ from jaxattn.data import BOS_ID
 from jaxattn.nn.attention import AttentionSpec
 from jaxattn.nn.transformer import TransformerConfig, TransformerLM
 from jaxattn.training import builders
-from jaxattn.training.checkpoint import Checkpointer, abstract_like
-from jaxattn.training.optimizer import make_optimizer
 from jaxattn.training.state import TrainState
 from jaxattn.training.steps import make_eval_step
-from jaxattn.training.trainer import create_train_state, evaluate
+from jaxattn.training.trainer import evaluate, load_checkpoint
 
 
 def lsg_model_config(dense_cfg: TransformerConfig, **lsg_options) -> TransformerConfig:
@@ -57,17 +55,8 @@ def lsg_params_from_dense(params: dict, lsg_cfg: TransformerConfig) -> dict:
 
 
 def load_dense(config, workdir):
-    """``(model_cfg, state, mesh)``: the latest checkpoint of the run in ``workdir``."""
-    model_cfg = builders.model_config(config)
-    mesh = sharding.make_mesh(dict(config.mesh))
-    optimizer = make_optimizer(config.optim, total_steps=config.train.steps)
-    _, fresh = create_train_state(model_cfg, optimizer, mesh, config.seed)
-    restored = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1,
-                            keep=1).restore(abstract_like(fresh))
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}; "
-                                f"train the dense model first")
-    return model_cfg, restored[0], mesh
+    """``(model_cfg, state, mesh)``: the latest checkpoint of the dense run in ``workdir``."""
+    return load_checkpoint(config, workdir)
 
 
 def _perplexities(model_cfg, params, variables, data_cfg, mesh, eval_lens, eval_batches):

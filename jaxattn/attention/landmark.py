@@ -39,7 +39,6 @@ import numpy as np
 
 from jaxattn.attention import checks
 from jaxattn.attention import core
-from jaxattn.attention import ssmax as ssmax_lib
 
 
 def _check_block_size(block_size):

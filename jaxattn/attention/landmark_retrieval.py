@@ -64,10 +64,11 @@ def retrieved_positions(indices, num_cached, top_k, block_size):
     ``indices [..., n]`` are cache slots sorted chronologically; the ``j``-th goes to slot
     ``j + 1`` if ``N > k`` and it is among the last ``k`` cached blocks, else to slot ``j``.
     """
-    rank = jnp.arange(indices.shape[-1])
+    rank = jnp.broadcast_to(jnp.arange(indices.shape[-1], dtype=jnp.int32), indices.shape)
     recent = (num_cached > top_k) & (indices >= num_cached - top_k)
-    slots = rank + recent.astype(rank.dtype)
-    return slots[..., None] * block_size + jnp.arange(block_size)
+    slots = rank + recent.astype(jnp.int32)
+    offsets = jnp.arange(block_size, dtype=jnp.int32).reshape((1,) * indices.ndim + (-1,))
+    return slots[..., None] * block_size + offsets
 
 
 def select_blocks(q, landmark_keys, num_cached, *, top_k, block_size, selection,
@@ -82,14 +83,14 @@ def select_blocks(q, landmark_keys, num_cached, *, top_k, block_size, selection,
       top_k: static int >= 1, ``<= C``.
       block_size: ``mem_freq + 1``.
       selection: one of ``SELECTION_METHODS``.
-      num_queries: with ``max_over_tokens``, only queries ``< num_queries`` vote (the rest of
-        the window is padding); default all.
+      num_queries: unused since ``max_over_tokens`` became a running max (kept for callers);
+        padding queries after the real ones cannot influence real ones.
       rope_base, scale: RoPE base and logit scale (default ``1/sqrt(D)``).
 
     Returns:
-      ``(indices, valid)``: int32 and bool ``[B, Tr, H, top_k]``, ``Tr = 1`` for
-      ``max_over_tokens`` else ``T``; indices sorted ascending (chronological), ``valid``
-      false for picks past ``num_cached`` (fewer than ``top_k`` blocks cached).
+      ``(indices, valid)``: int32 and bool ``[B, T, H, top_k]``; indices sorted ascending
+      (chronological), ``valid`` false for picks past ``num_cached`` (fewer than ``top_k``
+      blocks cached).
     """
     check_selection(selection)
     batch, q_len, heads, head_dim = q.shape
@@ -106,10 +107,9 @@ def select_blocks(q, landmark_keys, num_cached, *, top_k, block_size, selection,
     logits = logits.reshape(batch, q_len, heads, capacity)
     filled = (jnp.arange(capacity) < num_cached)[None, None, None, :]
     probs = core.masked_softmax(logits, filled)
+    del num_queries
     if selection == "max_over_tokens":
-        voting = jnp.arange(q_len) < (q_len if num_queries is None else num_queries)
-        probs = jnp.max(jnp.where(voting[None, :, None, None], probs, 0.0), axis=1,
-                        keepdims=True)
+        probs = jax.lax.cummax(probs, axis=1)
     elif selection == "max_over_heads":
         probs = jnp.broadcast_to(jnp.max(probs, axis=2, keepdims=True), probs.shape)
     # Filled slots (p >= 0) always outrank empty ones (-1), even when p underflows to 0.

@@ -20,7 +20,8 @@ def rope_frequencies(head_dim: int, base: float = 10_000.0) -> jnp.ndarray:
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -> jnp.ndarray:
     """Applies RoPE to ``x`` ``[batch, seq, heads, head_dim]`` at ``positions`` ``[batch, seq]``.
 
-    The rotation is computed in float32 and cast back to ``x.dtype``.
+    The rotation is computed in float32 (float64 for float64 inputs) and cast back to
+    ``x.dtype``.
     """
     if x.ndim != 4:
         raise ValueError(f"x must be [batch, seq, heads, head_dim], got shape {x.shape}")
@@ -33,10 +34,11 @@ def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -
 def rotate(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -> jnp.ndarray:
     """RoPE for any layout: ``x [..., head_dim]`` at ``positions`` broadcastable to
     ``x.shape[:-1]`` (e.g. one position per retrieved key, query and head)."""
-    inv_freq = rope_frequencies(x.shape[-1], base)
-    positions = jnp.asarray(positions, jnp.float32)
+    dtype = jnp.promote_types(x.dtype, jnp.float32)  # float64 inputs stay float64
+    inv_freq = rope_frequencies(x.shape[-1], base).astype(dtype)
+    positions = jnp.asarray(positions, dtype)
     angles = positions[..., None] * inv_freq.reshape((1,) * positions.ndim + (-1,))
     sin, cos = jnp.sin(angles), jnp.cos(angles)
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x.astype(dtype), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)

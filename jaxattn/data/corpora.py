@@ -4,6 +4,7 @@ Spec strings for `load_corpus`:
   "builtin:kjv"                  text shipped with the package (the default)
   "text:/path/*.txt"             local text files or a glob, one document per file
   "tfds:pg19/train"              a prepared TFDS dataset (needs the [tfds] extra)
+  "task:passkey"                 windows of a synthetic task (``task_windows``), not documents
 """
 
 import functools
@@ -25,7 +26,8 @@ _TFDS_TEXT_KEYS = {"pg19": "book_text"}
 _SPEC_FORMS = (
     '"builtin:<name>" (e.g. "builtin:kjv"), '
     '"text:<path or glob>" (e.g. "text:/data/books/*.txt"), '
-    '"tfds:<dataset>/<split>" (e.g. "tfds:pg19/train")'
+    '"tfds:<dataset>/<split>" (e.g. "tfds:pg19/train"), '
+    '"task:<name>" (e.g. "task:passkey")'
 )
 
 _TFDS_INSTALL_HINT = (
@@ -156,7 +158,7 @@ def tfds_corpus(
 def _parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
     """"kind:rest" -> (kind, args); raises ValueError naming the valid forms."""
     kind, sep, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
-    if not sep or not rest or kind not in ("builtin", "text", "tfds"):
+    if not sep or not rest or kind not in ("builtin", "text", "tfds", "task"):
         raise ValueError(f"Bad corpus spec {spec!r}; expected one of {_SPEC_FORMS}")
     if kind != "tfds":
         return kind, (rest,)
@@ -176,6 +178,10 @@ def check_corpus_spec(spec: str) -> None:
         raise ValueError(
             f"Unknown builtin corpus {args[0]!r}; valid names: {sorted(_BUILTIN_FILES)}"
         )
+    if kind == "task":
+        from jaxattn.data.task_windows import check_task  # tasks read the builtin corpus
+
+        check_task(args[0])
 
 
 def load_corpus(
@@ -191,6 +197,9 @@ def load_corpus(
     default `text_key` is "book_text" for pg19 and "text" otherwise.
     """
     kind, args = _parse_spec(spec)
+    if kind == "task":
+        raise ValueError(f"corpus {spec!r} is a synthetic task, not documents: its windows come "
+                         "from jaxattn.data.task_windows.TaskWindows (make_splits uses it)")
     if kind == "builtin":
         return builtin_corpus(*args)
     if kind == "text":

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxattn.data.corpora import check_corpus_spec, load_corpus
 from jaxattn.data.packing import PackedWindows, pack_documents, split_stream
+from jaxattn.data.task_windows import TaskWindows
 from jaxattn.data.tokenizer import get_tokenizer
 
 Batch = dict[str, np.ndarray]
@@ -102,11 +103,16 @@ def _local_batch_size(cfg: DataConfig, process_index: int, process_count: int) -
 
 @functools.lru_cache(maxsize=4)
 def make_splits(cfg: DataConfig) -> tuple[PackedWindows, PackedWindows]:
-    """(train, valid) windows of the configured corpus; both must hold one window.
+    """(train, valid) windows of the configured corpus; both must hold one window. A
+    ``task:<name>`` corpus gives ``TaskWindows`` of that synthetic task.
 
     Cached per config: the trainer asks for the validation split at every evaluation, and
     tokenising and packing the corpus again each time would repeat the same work.
     """
+    if cfg.corpus.startswith("task:"):
+        task = cfg.corpus.partition(":")[2]
+        return (TaskWindows(task, cfg.seq_len, seed=cfg.seed, split="train"),
+                TaskWindows(task, cfg.seq_len, seed=cfg.seed, split="valid"))
     tokenizer = get_tokenizer(cfg.tokenizer)
     documents = load_corpus(cfg.corpus, data_dir=cfg.tfds_data_dir)
     stream = pack_documents(documents, tokenizer, align=cfg.align)

@@ -11,8 +11,10 @@ its grouped softmax gates by their landmarks alongside the window's own blocks.
 With ``offload=True`` the cached keys and values live in host memory (NumPy) and only the
 landmark keys, one per block, stay on the accelerator; the selected blocks are gathered on the
 host and copied over for each window and layer, so the context is bounded by host RAM. The
-results are identical to the device cache. ``selection="max_over_tokens"`` (one pick per head
-for the whole window, as the paper uses with offloading) keeps that copy small.
+results are identical to the device cache. The paper pairs offloading with one selection per
+head for the whole chunk (``max_over_tokens``), which lets later tokens of a chunk steer the
+retrieval of earlier ones; our ``max_over_tokens`` is a running max over the tokens so far, so
+it stays causal and the copy holds ``top_k`` blocks per token and head like the default.
 """
 
 import dataclasses
@@ -149,21 +151,25 @@ class LandmarkDecoder:
         self.block_size = self.mem_freq + 1
         self.window_len = config.chunk_blocks * self.block_size
         self.landmark_id = model.cfg.landmark_id
+        self.vocab_size = model.cfg.vocab_size
         # Graph definitions hold the (unhashable) model config, so they are bound into the
         # jitted functions rather than passed as static arguments.
         graph, self._model_state = nnx.split(model)
         self._embed = jax.jit(functools.partial(_embed, graph))
         self._head = jax.jit(functools.partial(_head, graph))
-        self._layers = []
+        # Blocks of one structure (the usual case) share one pair of compiled functions.
+        self._layers, compiled = [], []
         for block in model.blocks:
             block_graph, block_state = nnx.split(block)
-            self._layers.append((
-                block_state,
-                jax.jit(functools.partial(_project_and_select, block_graph, top_k=config.top_k,
-                                          block_size=self.block_size,
-                                          selection=config.selection)),
-                jax.jit(functools.partial(_attend, block_graph, top_k=config.top_k,
-                                          block_size=self.block_size))))
+            fns = next((f for g, f in compiled if g == block_graph), None)
+            if fns is None:
+                fns = (jax.jit(functools.partial(
+                           _project_and_select, block_graph, top_k=config.top_k,
+                           block_size=self.block_size, selection=config.selection)),
+                       jax.jit(functools.partial(_attend, block_graph, top_k=config.top_k,
+                                                 block_size=self.block_size)))
+                compiled.append((block_graph, fns))
+            self._layers.append((block_state, *fns))
         self._kv_shape = (model.cfg.num_kv_heads, model.cfg.head_dim)
         self._dtype = model.cfg.compute_dtype
         self.reset()
@@ -287,7 +293,7 @@ class LandmarkDecoder:
             logits = self._run_window(commit=False)
             results.append(np.asarray(logits[:, wanted]))
         if not results:
-            return np.zeros((self.batch_size, 0, 0), np.float32)
+            return np.zeros((self.batch_size, 0, self.vocab_size), np.float32)
         out = np.concatenate(results, axis=1)
         self._last_logits = out[:, -1]
         return out

@@ -63,10 +63,9 @@ class TransformerConfig:
         landmark = {spec.options for spec in self.attention if spec.kind == "landmark"}
         if len(landmark) > 1:
             raise ValueError(
-                "landmark layers must share mem_freq and landmark_in_loss (one landmark token "
-                f"stream for the whole model), got {sorted(map(repr, landmark))}")
-        if landmark and self.num_global_tokens:
-            raise ValueError("landmark attention cannot be combined with LSG global tokens")
+                "landmark layers must share their options (one landmark token stream for the "
+                f"whole model: mem_freq, causal, softmax, landmark_in_loss), got "
+                f"{sorted(map(repr, landmark))}")
         if landmark and not 0 <= self.landmark_id < self.vocab_size:
             raise ValueError(f"model.landmark_id must be a token id in [0, {self.vocab_size}), "
                              f"got {self.landmark_id!r}")

@@ -28,7 +28,7 @@ from jaxattn.training.losses import summarize
 from jaxattn.training.metrics import MetricWriter
 from jaxattn.training.optimizer import make_optimizer
 from jaxattn.training.preemption import StopRequest
-from jaxattn.training.state import TrainState, split_model
+from jaxattn.training.state import TrainState, merge_model, split_model
 from jaxattn.training.steps import make_eval_step, make_train_step
 
 
@@ -68,7 +68,7 @@ def _device_batch(batch: dict, batch_sharding, model_cfg=None) -> dict:
     host, where it is cheap) to keep every document aligned to its blocks, since inside the
     jitted step a misaligned batch could only be masked, not reported."""
     landmark = None if model_cfg is None else model_cfg.landmark
-    if landmark is not None:
+    if landmark is not None and landmark.mem_freq > 1:  # blocks of 1 token always align
         try:
             check_segment_alignment(np.asarray(batch["segment_ids"]), landmark.mem_freq)
         except ValueError as e:
@@ -168,3 +168,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.close()
         checkpointer.close()
     return eval_metrics
+
+
+def load_checkpoint(config, workdir):
+    """``(model_cfg, state, mesh)``: the latest checkpoint of the run of ``config`` in
+    ``workdir``; ``FileNotFoundError`` when it has none."""
+    model_cfg = builders.model_config(config)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    optimizer = make_optimizer(config.optim, total_steps=config.train.steps)
+    _, fresh = create_train_state(model_cfg, optimizer, mesh, config.seed)
+    directory = os.path.join(workdir, "checkpoints")
+    restored = Checkpointer(directory, save_every=1, keep=1).restore(abstract_like(fresh))
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint under {directory}; train the model first")
+    return model_cfg, restored[0], mesh
+
+
+def model_from_state(model_cfg, state) -> TransformerLM:
+    """The ``TransformerLM`` holding a train state's parameters and variables."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: TransformerLM(model_cfg, rngs=nnx.Rngs(0))))
+    return merge_model(graphdef, state.params, state.variables)
