@@ -7,15 +7,15 @@ far past that length (``experiments/passkey.py``).
 
 Windows come from ``task:passkey`` (prompt, the key, EOS; a fresh key and depth per window,
 loss on every token). Arguments: ``kind`` (``landmark``, ``dense`` or ``ssmax``), ``mem_freq``
-(landmark block length less one, default 32: 16 blocks per window), ``steps``, ``smoke``
-(a seconds-long run at 320 tokens).
+(landmark block length less one, default 32: 16 blocks per window), ``steps`` (default 4000,
+20 with ``smoke``), ``smoke`` (the tiny model at 320 tokens).
 """
 
 from configs import common
 
 
 def get_config(arg: str | None = None):
-    args = common.parse_arg(arg, kind="landmark", mem_freq=32, steps=4000, smoke=False)
+    args = common.parse_arg(arg, kind="landmark", mem_freq=32, steps=0, smoke=False)
     config = common.base_config()
     config.data.corpus = "task:passkey"
     config.data.seq_len = 512
@@ -28,13 +28,15 @@ def get_config(arg: str | None = None):
     config.model.mlp_dim = 768
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 200
-    config.train.steps = args.steps
+    config.train.steps = 4000
     config.train.eval_every = 500
     config.train.eval_batches = 4
     config.checkpoint.save_every = 1000
     if args.smoke:
         common.apply_smoke(config)
         config.data.seq_len = 320
+    if args.steps:
+        config.train.steps = args.steps
     if args.kind not in ("landmark", "dense", "ssmax"):
         raise ValueError(f"kind must be landmark, dense or ssmax, got {args.kind!r}")
     config.attention.kind = args.kind
