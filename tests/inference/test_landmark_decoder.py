@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxattn.attention import landmark_retrieval as retrieval
 from jaxattn.inference import LandmarkDecoder, RetrievalConfig
 from jaxattn.nn import AttentionSpec, TransformerConfig, TransformerLM
 from tests.attention.test_landmark_retrieval import (np_rope, np_select_scores,
                                                      py_retrieved_positions, py_window_start)
 from tests.naive_landmark import naive_landmark_attention
+from tests.model_helpers import perturb_params
 
 VOCAB = 50
 MEM_FREQ = 3
@@ -31,12 +31,7 @@ def landmark_model(*, mem_freq=MEM_FREQ, seed=0, dtype="float32", softmax="softm
                             attention=attention, dtype=dtype, ssmax_init=0.8)
     model = TransformerLM(cfg, rngs=nnx.Rngs(seed))
     # Output projections start at zero; perturb every parameter as training would.
-    params = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    nnx.update(model, jax.tree.unflatten(treedef, leaves))
-    return model
+    return perturb_params(model, seed, 0.05)
 
 
 @functools.lru_cache(maxsize=None)

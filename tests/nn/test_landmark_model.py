@@ -24,6 +24,7 @@ from jaxattn.training import trainer
 from jaxattn.training.optimizer import make_optimizer
 from jaxattn.training.state import merge_model
 from jaxattn.training.steps import make_eval_step, make_train_step
+from tests.model_helpers import perturb_params
 
 VOCAB = 50
 LANDMARK_ID = 3
@@ -36,12 +37,7 @@ def landmark_model(mem_freq=3, seed=0, **overrides):
                landmark_id=LANDMARK_ID)
     cfg.update(overrides)
     model = TransformerLM(TransformerConfig(**cfg), rngs=nnx.Rngs(seed))
-    params = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    nnx.update(model, jax.tree.unflatten(treedef, leaves))
-    return model
+    return perturb_params(model, seed, 0.05)
 
 
 _MODELS = {}

@@ -15,6 +15,7 @@ from jaxattn.attention.titans import MemoryState
 from jaxattn.nn.titans import (LMMBlock, MACBlock, MAGBlock, MALBlock, NeuralMemory,
                                NeuralMemoryState, _attend)
 from tests.fast_jit import fast_jit
+from tests.model_helpers import perturb_params
 
 EMBED = 16
 CHUNK = 2
@@ -43,12 +44,7 @@ KINDS = sorted(CONFIGS)
 
 def perturbed(module, seed):
     """Every parameter moved off its initial value (output projections start at zero)."""
-    params = nnx.state(module, nnx.Param)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    nnx.update(module, jax.tree.unflatten(treedef, leaves))
-    return module
+    return perturb_params(module, seed, 0.1)
 
 
 def make(builder, seed=None):

@@ -8,6 +8,7 @@ from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from jaxattn.nn import AttentionSpec, TransformerConfig, TransformerLM
+from tests.model_helpers import perturb_params
 
 SPECS = {
     "dense": lambda: AttentionSpec.create("dense"),
@@ -34,12 +35,7 @@ def tiny_model(kinds, seed=0, **overrides):
     cfg.update(overrides)
     model = TransformerLM(TransformerConfig(**cfg), rngs=nnx.Rngs(seed))
     # Output projections start at zero; perturb every parameter so attention matters.
-    params = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    nnx.update(model, jax.tree.unflatten(treedef, leaves))
-    return model
+    return perturb_params(model, seed, 0.1)
 
 
 def test_shapes_and_dtype():
