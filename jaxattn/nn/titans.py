@@ -458,10 +458,13 @@ class _WindowBlock(_TitansBlock):
     """Shared by MAG and MAL: sliding-window attention with an always-visible persistent prefix
     and a cache of the last ``window - 1`` attention inputs."""
 
-    def _init_window(self, embed_dim, *, num_heads, num_kv_heads, head_dim, window,
-                     segment_len, chunk_size, num_persistent, memory_heads, memory_head_dim,
-                     memory_depth, memory_hidden, max_lr, conv_kernel, mlp_dim, rope_base, rngs,
-                     dtype, param_dtype):
+    def __init__(self, embed_dim: int, *, num_heads: int, head_dim: int, window: int,
+                 chunk_size: int, segment_len: int | None = None, num_kv_heads: int | None = None,
+                 num_persistent: int = 4, memory_heads: int | None = None,
+                 memory_head_dim: int | None = None, memory_depth: int = 2,
+                 memory_hidden: int | None = None, max_lr: float = 0.1, conv_kernel: int = 4,
+                 mlp_dim: int | None = None, rope_base: float = 10_000.0, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
         _check_int("window", window, 1)
         _check_int("chunk_size", chunk_size, 1)
         if segment_len is None:
@@ -542,20 +545,8 @@ class MAGBlock(_WindowBlock):
     prepend them to once it is split).
     """ + _WINDOW_ARGS
 
-    def __init__(self, embed_dim: int, *, num_heads: int, head_dim: int, window: int,
-                 chunk_size: int, segment_len: int | None = None, num_kv_heads: int | None = None,
-                 num_persistent: int = 4, memory_heads: int | None = None,
-                 memory_head_dim: int | None = None, memory_depth: int = 2,
-                 memory_hidden: int | None = None, max_lr: float = 0.1, conv_kernel: int = 4,
-                 mlp_dim: int | None = None, rope_base: float = 10_000.0, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
-        self._init_window(embed_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                          head_dim=head_dim, window=window, segment_len=segment_len,
-                          chunk_size=chunk_size, num_persistent=num_persistent,
-                          memory_heads=memory_heads, memory_head_dim=memory_head_dim,
-                          memory_depth=memory_depth, memory_hidden=memory_hidden, max_lr=max_lr,
-                          conv_kernel=conv_kernel, mlp_dim=mlp_dim, rope_base=rope_base,
-                          rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    def __init__(self, embed_dim: int, *, param_dtype=jnp.float32, **kwargs):
+        super().__init__(embed_dim, param_dtype=param_dtype, **kwargs)
         self.gate_norm = RMSNorm(embed_dim, param_dtype=param_dtype)
 
     def _segment(self, x, state):
@@ -573,21 +564,6 @@ class MALBlock(_WindowBlock):
     Unlike the paper, which writes ``[p || x]`` into the memory, the persistent tokens are the
     attention's always-visible prefix here, as in MAG (so that a stream splits freely).
     """ + _WINDOW_ARGS
-
-    def __init__(self, embed_dim: int, *, num_heads: int, head_dim: int, window: int,
-                 chunk_size: int, segment_len: int | None = None, num_kv_heads: int | None = None,
-                 num_persistent: int = 4, memory_heads: int | None = None,
-                 memory_head_dim: int | None = None, memory_depth: int = 2,
-                 memory_hidden: int | None = None, max_lr: float = 0.1, conv_kernel: int = 4,
-                 mlp_dim: int | None = None, rope_base: float = 10_000.0, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
-        self._init_window(embed_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                          head_dim=head_dim, window=window, segment_len=segment_len,
-                          chunk_size=chunk_size, num_persistent=num_persistent,
-                          memory_heads=memory_heads, memory_head_dim=memory_head_dim,
-                          memory_depth=memory_depth, memory_hidden=memory_hidden, max_lr=max_lr,
-                          conv_kernel=conv_kernel, mlp_dim=mlp_dim, rope_base=rope_base,
-                          rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def _segment(self, x, state):
         h_in = self.norm(x)
