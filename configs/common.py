@@ -74,6 +74,24 @@ def attention_config(kind: str = "dense") -> ml_collections.ConfigDict:
     })
 
 
+def titans_config() -> ml_collections.ConfigDict:
+    """The ``model.titans`` block: all unset (no Titans layers) unless ``arch`` is set. Fields
+    are ``jaxattn.nn.titans.TitansConfig``'s; setting one without ``arch`` is an error."""
+    return ml_collections.ConfigDict({
+        "arch": config_dict.placeholder(str),
+        "chunk_size": config_dict.placeholder(int),
+        "segment_len": config_dict.placeholder(int),
+        "window": config_dict.placeholder(int),
+        "num_persistent": config_dict.placeholder(int),
+        "memory_depth": config_dict.placeholder(int),
+        "memory_hidden": config_dict.placeholder(int),
+        "memory_heads": config_dict.placeholder(int),
+        "memory_head_dim": config_dict.placeholder(int),
+        "max_lr": config_dict.placeholder(float),
+        "conv_kernel": config_dict.placeholder(int),
+    })
+
+
 def base_config() -> ml_collections.ConfigDict:
     """A small byte-level LM on the embedded corpus; experiments override fields."""
     return ml_collections.ConfigDict({
@@ -97,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
             "tie_embeddings": True,
             "dropout_rate": 0.0,
             "dtype": "float32",
+            # Titans layers (configs/titans.py): `arch` (mac, mag, mal, lmm) set makes every
+            # layer a Titans block; unset fields take TitansConfig's defaults.
+            "titans": titans_config(),
         },
         "attention": attention_config(),
         "optim": {

@@ -3,12 +3,21 @@ r"""Benchmarks attention kinds against a baseline measured in the same run.
   python -m experiments.bench --suite=attention --seq_lens=1024,2048,4096 --out=/tmp/bench
   python -m experiments.bench --suite=routing --backward --out=/tmp/bench_routing
   python -m experiments.bench --kinds=dense,ssmax --seq_lens=512,1024
+  python -m experiments.bench --suite=titans --seq_lens=1024,2048,4096,8192 --out=/tmp/bench_titans
 
 Each suite is a list of ``(label, kind, options)``; its first entry is the baseline, and every
 time is reported as a ratio to the baseline's at the same sequence length, with the fitted
 scaling exponent per label (``time ~ seq_len^p``). ``--kinds`` runs the named kinds with their
 default options instead (the first is the baseline). With ``--out`` the rows go to
 ``bench.json`` and the table to ``bench.md`` there; the table is always printed.
+
+The ``titans`` suite times whole layers (``benchmarking.layer_case``, ``d_model = heads *
+head_dim``): a pre-norm residual dense-attention layer as the baseline against Titans blocks
+(Behrouz et al. 2025) without MLP: MAC (attention inside 512-token segments plus the memory),
+MAG and MAL (512-token sliding window plus the memory) and LMM (the memory alone); memories
+are 2-layer MLPs written in chunks of 64 tokens. Every row has tokens/s and the compiled
+program's memory (arguments, parameters included, + outputs + temporaries), with both as
+ratios to dense at the same length.
 """
 
 import json
@@ -40,6 +49,13 @@ SUITES = {
         ("lsg_norm", "lsg", {"causal": True, "block_size": 128, "sparse_block_size": 32,
                              "sparsity_factor": 4, "sparsity_type": "norm",
                              "num_global_tokens": 0}),
+    ],
+    "titans": [
+        ("dense", "layer:dense", {"causal": True}),
+        ("mac", "layer:mac", {"segment_len": 512, "chunk_size": 64, "memory_depth": 2}),
+        ("mag", "layer:mag", {"window": 512, "chunk_size": 64, "memory_depth": 2}),
+        ("mal", "layer:mal", {"window": 512, "chunk_size": 64, "memory_depth": 2}),
+        ("lmm", "layer:lmm", {"chunk_size": 64, "memory_depth": 2}),
     ],
 }
 """Suite name → ``[(label, kind, options), ...]``; the first entry is the baseline.
@@ -74,7 +90,8 @@ def suite_cases(suite, kinds=None):
         name, cases = suite, SUITES[suite]
     else:
         raise ValueError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
-    missing = [kind for _, kind, _ in cases if kind not in registry.list_variants()]
+    missing = [kind for _, kind, _ in cases
+               if kind not in registry.list_variants() and kind not in benchmarking.LAYER_KINDS]
     if missing:
         raise ValueError(
             f"suite {name!r} needs attention kind(s) {', '.join(map(repr, missing))}, not "
@@ -87,11 +104,14 @@ def render_markdown(report):
     """The printed/written report: a header with device and versions, the table, the exponents."""
     meta = report["meta"]
     pass_name = "forward+backward" if meta["backward"] else "forward"
+    layers = any(benchmarking.is_layer_kind(kind) for _, kind, _ in meta["cases"])
+    what = "Layer" if layers else "Attention"
     lines = [
-        f"## Attention benchmark: suite `{meta['suite']}`, {pass_name}",
+        f"## {what} benchmark: suite `{meta['suite']}`, {pass_name}",
         "",
         f"Device: {meta['device']}; jax {meta['jax_version']}; dtype {meta['dtype']}; "
-        f"batch={meta['batch']} heads={meta['heads']} head_dim={meta['head_dim']}; median of "
+        f"batch={meta['batch']} heads={meta['heads']} head_dim={meta['head_dim']}"
+        f"{' (d_model=' + str(meta['heads'] * meta['head_dim']) + ')' if layers else ''}; median of "
         f"{meta['repeats']} after {meta['warmup']} warm-up call(s); baseline `{meta['baseline']}`.",
         "",
         benchmarking.to_markdown(report["rows"]).rstrip("\n"),

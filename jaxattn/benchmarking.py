@@ -12,6 +12,13 @@ Typical use::
     rows = run_sweep([("dense", "dense", {}), ("local", "local", {"block_size": 128})],
                      [1024, 2048, 4096], batch=1, heads=8, head_dim=64, baseline_label="dense")
     print(to_markdown(rows))
+
+Besides attention kinds, a case may name a whole layer (``layer_case``): ``"layer:dense"``, a
+pre-norm residual dense-attention layer (projections, RoPE, output projection), or
+``"layer:mac"``, ``"layer:mag"``, ``"layer:mal"``, ``"layer:lmm"``, a Titans block
+(``jaxattn.nn.titans``, no MLP) whose options are ``TitansConfig``'s fields. Layer cases take
+``x [batch, seq_len, heads * head_dim]`` and, with ``backward``, differentiate with respect
+to ``x`` and every parameter, so Titans is timed against dense attention layer for layer.
 """
 
 import dataclasses
@@ -26,6 +33,10 @@ from absl import logging
 from tqdm import tqdm
 
 from jaxattn.attention import registry
+
+LAYER_PREFIX = "layer:"
+LAYER_KINDS = ("layer:dense", "layer:mac", "layer:mag", "layer:mal", "layer:lmm")
+"""Layer cases ``layer_case`` builds: dense attention, and the Titans architectures."""
 
 SQRT = "sqrt"
 """Option value resolved per sequence length to ``sqrt_power_of_two(seq_len)``."""
@@ -240,6 +251,102 @@ def attention_case(kind, *, batch, seq_len, heads, head_dim, dtype=None, options
     return grad_fn, (q, k, v, ssmax_s, state, cotangent)
 
 
+def is_layer_kind(kind):
+    return isinstance(kind, str) and kind.startswith(LAYER_PREFIX)
+
+
+def layer_option_names(kind):
+    """The options a layer kind accepts (``ValueError`` for an unknown layer kind)."""
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"unknown layer kind {kind!r}; layer kinds: {', '.join(LAYER_KINDS)}")
+    if kind == "layer:dense":
+        return [field.name for field in dataclasses.fields(registry.DenseOptions)]
+    from jaxattn.nn.titans import TitansConfig  # pylint: disable=import-outside-toplevel
+    return [field.name for field in dataclasses.fields(TitansConfig) if field.name != "arch"]
+
+
+def _build_layer(kind, options, *, seq_len, heads, head_dim, dtype, seed):
+    """``(module, apply)``: the layer and ``apply(module, x) -> y``; checks ``seq_len``."""
+    # Imported here: the attention-only harness does not need Flax modules.
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    from jaxattn.nn.attention import Attention, AttentionSpec  # pylint: disable=import-outside-toplevel
+    from jaxattn.nn.layers import RMSNorm  # pylint: disable=import-outside-toplevel
+    from jaxattn.nn import titans  # pylint: disable=import-outside-toplevel
+
+    layer_option_names(kind)
+    embed = heads * head_dim
+    rngs = nnx.Rngs(seed)
+    if kind == "layer:dense":
+        spec = AttentionSpec.create("dense", **options)
+        spec.options.check_seq_len(seq_len)
+
+        class DenseLayer(nnx.Module):
+            def __init__(self):
+                self.norm = RMSNorm(embed)
+                self.attn = Attention(embed, num_heads=heads, num_kv_heads=heads,
+                                      head_dim=head_dim, spec=spec, train_len=seq_len,
+                                      rngs=rngs, dtype=dtype)
+
+            def __call__(self, x):
+                positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32),
+                                             x.shape[:2])
+                return x + self.attn(self.norm(x), positions=positions)
+
+        return DenseLayer(), lambda module, x: module(x)
+    config = titans.TitansConfig(arch=kind[len(LAYER_PREFIX):], **options)
+    config.check_length("seq_len", seq_len, "pick a seq_len that is a multiple")
+    block = titans.make_block(config, embed_dim=embed, num_heads=heads, num_kv_heads=heads,
+                              head_dim=head_dim, mlp_dim=None, rope_base=10_000.0, rngs=rngs,
+                              dtype=dtype)
+    return block, lambda module, x: module(x)[0]
+
+
+def layer_case(kind, *, batch, seq_len, heads, head_dim, dtype=None, options=None,
+               backward=False, seed=0):
+    """One layer call to time: ``(fn, args)`` for ``time_fn(fn, *args)``, like
+    ``attention_case``.
+
+    ``kind`` is one of ``LAYER_KINDS``: ``"layer:dense"`` (``x + Attention(RMSNorm(x))``,
+    dense kind with ``options`` such as ``causal``) or a Titans block ``"layer:<arch>"``
+    (``TitansConfig(arch, **options)``, no MLP), with ``heads`` heads of ``head_dim`` and
+    ``d_model = heads * head_dim``. ``x`` is standard normal ``[batch, seq_len, d_model]``
+    in ``dtype``; parameters are float32. Forward: ``fn(params, x)`` returns the layer output
+    (a Titans block starts from its initial memory and its final state is dropped).
+    Backward: ``fn`` returns the gradients of ``sum(out * cotangent)`` with respect to the
+    parameters and ``x``.
+
+    Raises:
+      ValueError: unknown kind, bad options, or a ``seq_len`` the layer cannot take.
+    """
+    for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim),
+                        ("seq_len", seq_len)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+
+    dtype = resolve_dtype(dtype)
+    options = resolve_options(options or {}, seq_len)
+    module, apply = _build_layer(kind, options, seq_len=seq_len, heads=heads,
+                                 head_dim=head_dim, dtype=dtype, seed=seed)
+    graphdef, params = nnx.split(module)
+    key_x, key_cot = jax.random.split(jax.random.key(seed + 1))
+    shape = (batch, seq_len, heads * head_dim)
+    x = jax.random.normal(key_x, shape, dtype)
+
+    def forward(params, x):
+        return apply(nnx.merge(graphdef, params), x)
+
+    if not backward:
+        return forward, (params, x)
+
+    def loss(params, x, cotangent):
+        out = forward(params, x)
+        return jnp.sum(out.astype(jnp.float32) * cotangent.astype(jnp.float32))
+
+    cotangent = jax.random.normal(key_cot, shape, dtype)
+    return jax.grad(loss, argnums=(0, 1)), (params, x, cotangent)
+
+
 @dataclasses.dataclass
 class _Case:
     label: str
@@ -267,8 +374,8 @@ def check_cases(kinds_with_options):
         cases.append(_Case(label, kind, options))
     if not cases:
         raise ValueError("no cases to run")
-    missing = sorted({case.kind for case in cases} - set(registry.list_variants()),
-                     key=str)
+    missing = sorted({case.kind for case in cases if not is_layer_kind(case.kind)}
+                     - set(registry.list_variants()), key=str)
     if missing:
         names = ", ".join(repr(kind) for kind in missing)
         raise ValueError(
@@ -276,8 +383,11 @@ def check_cases(kinds_with_options):
             f"{', '.join(registry.list_variants())}"
         )
     for case in cases:
-        options_cls = registry.get_variant(case.kind).options_cls
-        fields = [field.name for field in dataclasses.fields(options_cls)]
+        if is_layer_kind(case.kind):
+            fields = layer_option_names(case.kind)
+        else:
+            options_cls = registry.get_variant(case.kind).options_cls
+            fields = [field.name for field in dataclasses.fields(options_cls)]
         unknown = [key for key in case.options if key not in fields]
         if unknown:
             raise ValueError(
@@ -310,7 +420,9 @@ def run_sweep(kinds_with_options, seq_lens, *, batch, heads, head_dim, dtype=Non
       One dict per (seq_len, case): ``label, kind, seq_len, options`` (resolved), ``batch,
       heads, head_dim, dtype, backward, median_ms, min_ms, max_ms, compile_ms, peak_bytes``
       (see ``peak_memory_bytes``), ``ratio_to_baseline`` (this row's median / the
-      baseline's at the same seq_len; ``None`` when either failed) and ``error`` (``None``,
+      baseline's at the same seq_len; ``None`` when either failed), ``tokens_per_s``
+      (``batch * seq_len`` over the median time), ``peak_ratio_to_baseline`` (this row's
+      ``peak_bytes`` / the baseline's at the same seq_len) and ``error`` (``None``,
       or the text of the exception — a seq_len the kind cannot take, out of memory — in
       which case the timings are ``None``).
 
@@ -341,16 +453,19 @@ def run_sweep(kinds_with_options, seq_lens, *, batch, heads, head_dim, dtype=Non
             "label": case.label, "kind": case.kind, "seq_len": seq_len, "options": None,
             "batch": batch, "heads": heads, "head_dim": head_dim, "dtype": dtype.name,
             "backward": bool(backward), "median_ms": None, "min_ms": None, "max_ms": None,
-            "compile_ms": None, "peak_bytes": None, "ratio_to_baseline": None, "error": None,
+            "compile_ms": None, "peak_bytes": None, "ratio_to_baseline": None,
+            "tokens_per_s": None, "peak_ratio_to_baseline": None, "error": None,
         }
         try:
             row["options"] = resolve_options(case.options, seq_len)
-            fn, args = attention_case(case.kind, batch=batch, seq_len=seq_len, heads=heads,
-                                      head_dim=head_dim, dtype=dtype, options=row["options"],
-                                      backward=backward, seed=seed)
+            make_case = layer_case if is_layer_kind(case.kind) else attention_case
+            fn, args = make_case(case.kind, batch=batch, seq_len=seq_len, heads=heads,
+                                 head_dim=head_dim, dtype=dtype, options=row["options"],
+                                 backward=backward, seed=seed)
             compiled, row["compile_ms"] = _compile(fn, args)
             row["peak_bytes"] = _compiled_footprint(compiled)
             row.update(_time_compiled(compiled, args, warmup, repeats))
+            row["tokens_per_s"] = batch * seq_len / (row["median_ms"] / 1e3)
             del compiled, fn, args
             logging.info("%s seq_len=%d: %.3f ms (compile %.0f ms)", case.label, seq_len,
                          row["median_ms"], row["compile_ms"])
@@ -361,11 +476,13 @@ def run_sweep(kinds_with_options, seq_lens, *, batch, heads, head_dim, dtype=Non
         rows.append(row)
     bar.close()
 
-    baseline = {row["seq_len"]: row["median_ms"] for row in rows if row["label"] == baseline_label}
+    baseline = {row["seq_len"]: row for row in rows if row["label"] == baseline_label}
     for row in rows:
-        base = baseline.get(row["seq_len"])
-        if row["median_ms"] is not None and base:
-            row["ratio_to_baseline"] = row["median_ms"] / base
+        base = baseline.get(row["seq_len"], {})
+        if row["median_ms"] is not None and base.get("median_ms"):
+            row["ratio_to_baseline"] = row["median_ms"] / base["median_ms"]
+        if row["peak_bytes"] is not None and base.get("peak_bytes"):
+            row["peak_ratio_to_baseline"] = row["peak_bytes"] / base["peak_bytes"]
     return rows
 
 
@@ -412,20 +529,31 @@ def _format_bytes(value):
     return "—" if value is None else f"{value / 2**20:.1f}"
 
 
+def _format_rate(value):
+    if value is None:
+        return "—"
+    return f"{value / 1e3:.1f}k" if value < 1e6 else f"{value / 1e6:.2f}M"
+
+
+def _format_ratio(value):
+    return "—" if value is None else f"{value:.2f}"
+
+
 def to_markdown(rows):
     """A Markdown table of ``run_sweep`` rows, one line per row, in order."""
     lines = [
         "| label | kind | seq_len | median ms | min ms | compile ms | peak MiB | × baseline "
-        "| error |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| tokens/s | peak × baseline | error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        ratio = row.get("ratio_to_baseline")
         error = (row.get("error") or "").replace("|", "\\|")
         lines.append(
             f"| {row['label']} | {row['kind']} | {row['seq_len']} | "
             f"{_format_ms(row.get('median_ms'))} | {_format_ms(row.get('min_ms'))} | "
             f"{_format_ms(row.get('compile_ms'))} | {_format_bytes(row.get('peak_bytes'))} | "
-            f"{'—' if ratio is None else f'{ratio:.2f}'} | {error} |"
+            f"{_format_ratio(row.get('ratio_to_baseline'))} | "
+            f"{_format_rate(row.get('tokens_per_s'))} | "
+            f"{_format_ratio(row.get('peak_ratio_to_baseline'))} | {error} |"
         )
     return "\n".join(lines) + "\n"

@@ -254,3 +254,39 @@ def test_main_end_to_end(tmp_path, parsed_flags, capsys):
     with flagsaver.flagsaver(seq_lens=["64", "x"]):
         with pytest.raises(app.UsageError, match="--seq_lens"):
             bench.main(["bench"])
+
+
+def test_titans_suite_reports_tokens_per_second_and_memory_against_dense():
+    report = bench.run("titans", seq_lens=[512], warmup=0, repeats=1, progress=False, **TINY)
+    rows = report["rows"]
+    assert [row["label"] for row in rows] == [label for label, _, _ in bench.SUITES["titans"]]
+    assert all(row["error"] is None for row in rows), [row["error"] for row in rows]
+    dense = rows[0]
+    assert dense["kind"] == "layer:dense" and dense["peak_ratio_to_baseline"] == 1.0
+    for row in rows:
+        assert row["tokens_per_s"] == pytest.approx(512 / (row["median_ms"] / 1e3))
+        assert row["peak_bytes"] > 0
+        assert row["peak_ratio_to_baseline"] == pytest.approx(row["peak_bytes"]
+                                                              / dense["peak_bytes"])
+        assert row["ratio_to_baseline"] == pytest.approx(row["median_ms"] / dense["median_ms"])
+    assert "| tokens/s | peak × baseline |" in report["markdown"]
+    assert "Layer benchmark: suite `titans`" in report["markdown"]
+
+
+def test_layer_case_backward_and_errors():
+    fn, (params, x, cotangent) = benchmarking.layer_case(
+        "layer:lmm", seq_len=32, options={"chunk_size": 8, "memory_depth": 1}, backward=True,
+        dtype="float32", **TINY)
+    assert x.shape == (1, 32, 32)
+    grads, dx = jax.jit(fn)(params, x, cotangent)
+    assert dx.shape == x.shape and jax.tree.structure(grads) == jax.tree.structure(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match=r"seq_len: sequence length 96 is not a positive "
+                                         r"multiple of model.titans.segment_len=64"):
+        benchmarking.layer_case("layer:mac", seq_len=96, options={"segment_len": 64,
+                                                                  "chunk_size": 32}, **TINY)
+    with pytest.raises(ValueError, match=r"unknown layer kind 'layer:xl'; layer kinds: "
+                                         r"layer:dense, layer:mac"):
+        benchmarking.run_sweep([("a", "layer:xl", {})], [64], progress=False, **TINY)
+    with pytest.raises(ValueError, match=r"unknown option 'windw' .*'layer:mag'.*window"):
+        benchmarking.run_sweep([("a", "layer:mag", {"windw": 8})], [64], progress=False, **TINY)

@@ -25,8 +25,21 @@ registry's options cannot express them. Softmax only (no SSMax). Persistent toke
 RoPE position (their logits use unrotated queries and keys), so what a query reads from them
 does not depend on its place in the stream; the other tokens' positions are relative to the
 segment (MAC) or to the cached window (MAG, MAL).
+
+Packed documents (``segment_ids``, as ``jaxattn.data`` builds them, 0 = padding): the
+attention of every block masks by segment id (a token sees the tokens of its own document,
+and the always-visible persistent tokens; the window caches of MAG and MAL carry the ids of
+the cached tokens across calls; a padding query, id 0, sees only the persistent tokens). The
+memory, its causal convolutions and its gates are a recurrent state and are *not* reset at a
+document boundary: a document starting inside a
+sequence (or a stream) reads and writes the memory left by the documents before it, exactly
+as a stream does across calls. Reset it by starting a new state (``init_state``).
+
+``TitansConfig`` and ``make_block`` build the blocks of a ``TransformerLM`` (its ``titans``
+field): one architecture in every layer, with the LM's embeddings, final norm and unembedding.
 """
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -79,11 +92,14 @@ class WindowState(NamedTuple):
       cache: ``[B, max(W - 1, 1), d_model]``, the attention inputs of the last ``W - 1`` tokens
         (sliding window ``W``).
       filled: int32 scalar, how many of them are real tokens (``min(tokens seen, W - 1)``).
+      cache_ids: int32 ``[B, max(W - 1, 1)]``, the segment (document) ids of the cached
+        tokens, 1 for tokens fed without ``segment_ids``.
     """
 
     memory: NeuralMemoryState
     cache: jax.Array
     filled: jax.Array
+    cache_ids: jax.Array
 
 
 # Small helpers.
@@ -105,6 +121,12 @@ def _check_input(x, embed_dim, multiple, what):
         raise ValueError(
             f"sequence length {shape[1]} is not a positive multiple of {what}={multiple}; pad "
             f"to {padded} or split the stream at multiples of it")
+
+
+def _check_segment_ids(segment_ids, x):
+    """``None`` or an int array ``[B, T]`` matching ``x [B, T, E]``."""
+    if segment_ids is not None:
+        core.check_segment_ids("segment_ids", segment_ids, x.shape[0], x.shape[1])
 
 
 def _tail(x, n):
@@ -159,23 +181,32 @@ def _attend(attn, x_q, x_kv, q_pos, kv_pos, mask, num_prefix=0):
     return attn.out(out.reshape(batch, q_len, heads * head_dim).astype(x_q.dtype))
 
 
-def _scan_segments(module, x, state, segment_len):
-    """Runs ``module._segment(x_seg, state)`` over the segments of ``x [B, T, E]`` with
-    ``jax.lax.scan``; a trailing shorter segment (``T % segment_len``) runs last."""
+def _scan_segments(module, x, state, segment_len, segment_ids=None):
+    """Runs ``module._segment(x_seg, state, ids_seg)`` over the segments of ``x [B, T, E]``
+    (and of ``segment_ids [B, T]`` or ``None``) with ``jax.lax.scan``; a trailing shorter
+    segment (``T % segment_len``) runs last."""
     batch, seq_len, embed = x.shape
     full = seq_len // segment_len
     outputs = []
+
+    def segments(a):  # [B, full * S, ...] -> [full, B, S, ...]
+        a = a[:, :full * segment_len]
+        return jnp.swapaxes(a.reshape(batch, full, segment_len, *a.shape[2:]), 0, 1)
+
     if full:
-        graphdef, params = nnx.split(module)
-
+        # The body reads the module's parameters as closed-over values (no nnx.split/merge:
+        # under nnx.capture the modules carry capture slots whose keys do not sort with the
+        # integer keys of nnx.List).
         def body(carry, xs):
-            return tuple(reversed(nnx.merge(graphdef, params)._segment(xs, carry)))
+            x_seg, ids = xs
+            return tuple(reversed(module._segment(x_seg, carry, ids)))
 
-        xs = jnp.swapaxes(x[:, :full * segment_len].reshape(batch, full, segment_len, embed), 0, 1)
+        xs = (segments(x), None if segment_ids is None else segments(segment_ids))
         state, ys = jax.lax.scan(body, state, xs)
         outputs.append(jnp.swapaxes(ys, 0, 1).reshape(batch, full * segment_len, embed))
     if seq_len % segment_len:
-        y, state = module._segment(x[:, full * segment_len:], state)
+        rest = None if segment_ids is None else segment_ids[:, full * segment_len:]
+        y, state = module._segment(x[:, full * segment_len:], state, rest)
         outputs.append(y)
     return jnp.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0], state
 
@@ -425,8 +456,9 @@ class MACBlock(_TitansBlock):
     def init_state(self, batch: int) -> MACState:
         return MACState(self.memory.init_state(batch), self.memory.init_inputs(batch))
 
-    def _segment(self, x, state):
-        """One segment ``x [B, C, E]`` (block input, not yet normalised)."""
+    def _segment(self, x, state, segment_ids=None):
+        """One segment ``x [B, C, E]`` (block input, not yet normalised), with its
+        ``segment_ids [B, C]`` or ``None``."""
         h_in = self.norm(x)
         batch, seg = h_in.shape[:2]
         num_p = self.persistent.num_tokens
@@ -435,23 +467,31 @@ class MACBlock(_TitansBlock):
         context = jnp.concatenate(
             [self.persistent(batch, h_in.dtype), retrieved.astype(h_in.dtype), h_in], axis=1)
         causal = jnp.tril(jnp.ones((seg, seg), bool))
-        mask = jnp.concatenate([jnp.ones((seg, num_p), bool), causal, causal], axis=1)
+        prefix = jnp.ones((seg, num_p), bool)
+        if segment_ids is not None:  # h_j carries token j: it shares token j's document
+            causal = causal[None] & core.segment_mask(segment_ids, segment_ids)
+            prefix = jnp.broadcast_to(prefix[None], (batch, seg, num_p))
+        mask = jnp.concatenate([prefix, causal, causal], axis=-1)
         kv_pos = jnp.arange(2 * seg, dtype=jnp.int32)
         y = _attend(self.attn, h_in, context, kv_pos[seg:], kv_pos, mask, num_p)
         m, memory = self.memory(y, state.memory)
         o = y * jax.nn.sigmoid(self.gate_norm(m).astype(jnp.float32)).astype(y.dtype)
         return self._finish(x, o), MACState(memory, query_inputs)
 
-    def __call__(self, x: jnp.ndarray, state: MACState | None = None):
+    def __call__(self, x: jnp.ndarray, state: MACState | None = None, *,
+                 segment_ids: jnp.ndarray | None = None):
         """``x [B, T, d_model]``, ``T`` a multiple of ``segment_len`` -> ``(y, new_state)``.
 
         Splitting a stream at multiples of ``segment_len`` and carrying the state gives the
-        same outputs as one call.
+        same outputs as one call. ``segment_ids [B, T]`` (optional, 0 = padding) restricts the
+        attention to each token's document (persistent tokens stay visible); the memory
+        carries over document boundaries (module docstring).
         """
         _check_input(x, self.embed_dim, self.segment_len, "segment_len")
+        _check_segment_ids(segment_ids, x)
         if state is None:
             state = self.init_state(x.shape[0])
-        return _scan_segments(self, x, state, self.segment_len)
+        return _scan_segments(self, x, state, self.segment_len, segment_ids)
 
 
 class _WindowBlock(_TitansBlock):
@@ -485,14 +525,24 @@ class _WindowBlock(_TitansBlock):
             conv_kernel=conv_kernel, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def init_state(self, batch: int) -> WindowState:
-        cache = jnp.zeros((batch, max(self.window - 1, 1), self.embed_dim), self.dtype)
-        return WindowState(self.memory.init_state(batch), cache, jnp.zeros((), jnp.int32))
+        past = max(self.window - 1, 1)
+        cache = jnp.zeros((batch, past, self.embed_dim), self.dtype)
+        return WindowState(self.memory.init_state(batch), cache, jnp.zeros((), jnp.int32),
+                           jnp.ones((batch, past), jnp.int32))
 
     def _window_attention(self, x, cache, filled):
+        """``_window_attend`` without segment ids: ``(out, new_cache, new_filled)``."""
+        cache_ids = jnp.ones(cache.shape[:2], jnp.int32)
+        out, cache, filled, _ = self._window_attend(x, cache, filled, cache_ids)
+        return out, cache, filled
+
+    def _window_attend(self, x, cache, filled, cache_ids, segment_ids=None):
         """``SW-Attn*([p || x])`` for ``x [B, S, E]`` after the cached tokens.
 
-        Token ``i`` sees every persistent token and the real tokens ``j`` with ``i - W < j <= i``.
-        Returns ``(out [B, S, E], new_cache, new_filled)``.
+        Token ``i`` sees every persistent token and the real tokens ``j`` with
+        ``i - W < j <= i``; with ``segment_ids [B, S]``, only those of its own document (the
+        cached tokens' ids are ``cache_ids``). Returns ``(out [B, S, E], new_cache,
+        new_filled, new_cache_ids)``; tokens fed without ids are cached with id 1.
         """
         batch, seg = x.shape[:2]
         past = self.window - 1
@@ -503,25 +553,38 @@ class _WindowBlock(_TitansBlock):
         query = jnp.arange(seg, dtype=jnp.int32)[:, None]
         visible = (index[None] <= query) & (query - index[None] < self.window)
         visible = visible & (index[None] >= -filled)
-        mask = jnp.concatenate([jnp.ones((seg, num_p), bool), visible], axis=1)
+        prefix = jnp.ones((seg, num_p), bool)
+        if segment_ids is None:
+            ids = jnp.ones((batch, seg), jnp.int32)
+        else:
+            ids = segment_ids.astype(jnp.int32)
+            kv_ids = jnp.concatenate([_tail(cache_ids, past), ids], axis=1)
+            visible = visible[None] & core.segment_mask(ids, kv_ids)
+            prefix = jnp.broadcast_to(prefix[None], (batch, seg, num_p))
+        mask = jnp.concatenate([prefix, visible], axis=-1)
         kv_pos = past + index
         out = _attend(self.attn, x, keys, kv_pos[past:], kv_pos, mask, num_p)
         new_cache = _tail(jnp.concatenate([cache, x.astype(cache.dtype)], axis=1), cache.shape[1])
+        new_ids = _tail(jnp.concatenate([cache_ids, ids], axis=1), cache_ids.shape[1])
         new_filled = jnp.minimum(filled + seg, past).astype(jnp.int32)
-        return out, new_cache, new_filled
+        return out, new_cache, new_filled, new_ids
 
-    def __call__(self, x: jnp.ndarray, state: WindowState | None = None):
+    def __call__(self, x: jnp.ndarray, state: WindowState | None = None, *,
+                 segment_ids: jnp.ndarray | None = None):
         """``x [B, T, d_model]``, ``T`` a multiple of ``chunk_size`` -> ``(y, new_state)``.
 
         Processed ``segment_len`` tokens at a time (memory ``O(segment_len * (window +
         segment_len))`` for the attention); the outputs do not depend on ``segment_len``.
         Splitting a stream at multiples of ``chunk_size`` and carrying the state gives the same
-        outputs as one call (up to float rounding).
+        outputs as one call (up to float rounding). ``segment_ids [B, T]`` (optional, 0 =
+        padding) restricts the window to each token's document, cached tokens included; the
+        memory carries over document boundaries (module docstring).
         """
         _check_input(x, self.embed_dim, self.chunk_size, "chunk_size")
+        _check_segment_ids(segment_ids, x)
         if state is None:
             state = self.init_state(x.shape[0])
-        return _scan_segments(self, x, state, self.segment_len)
+        return _scan_segments(self, x, state, self.segment_len, segment_ids)
 
 
 _WINDOW_ARGS = """
@@ -549,12 +612,13 @@ class MAGBlock(_WindowBlock):
         super().__init__(embed_dim, param_dtype=param_dtype, **kwargs)
         self.gate_norm = RMSNorm(embed_dim, param_dtype=param_dtype)
 
-    def _segment(self, x, state):
+    def _segment(self, x, state, segment_ids=None):
         h_in = self.norm(x)
-        y, cache, filled = self._window_attention(h_in, state.cache, state.filled)
+        y, cache, filled, ids = self._window_attend(h_in, state.cache, state.filled,
+                                                    state.cache_ids, segment_ids)
         m, memory = self.memory(h_in, state.memory)
         o = y * jax.nn.sigmoid(self.gate_norm(m).astype(jnp.float32)).astype(y.dtype)
-        return self._finish(x, o), WindowState(memory, cache, filled)
+        return self._finish(x, o), WindowState(memory, cache, filled, ids)
 
 
 class MALBlock(_WindowBlock):
@@ -565,11 +629,12 @@ class MALBlock(_WindowBlock):
     attention's always-visible prefix here, as in MAG (so that a stream splits freely).
     """ + _WINDOW_ARGS
 
-    def _segment(self, x, state):
+    def _segment(self, x, state, segment_ids=None):
         h_in = self.norm(x)
         m, memory = self.memory(h_in, state.memory)
-        o, cache, filled = self._window_attention(m.astype(h_in.dtype), state.cache, state.filled)
-        return self._finish(x, o), WindowState(memory, cache, filled)
+        o, cache, filled, ids = self._window_attend(m.astype(h_in.dtype), state.cache,
+                                                    state.filled, state.cache_ids, segment_ids)
+        return self._finish(x, o), WindowState(memory, cache, filled, ids)
 
 
 class LMMBlock(_TitansBlock):
@@ -595,9 +660,171 @@ class LMMBlock(_TitansBlock):
     def init_state(self, batch: int) -> NeuralMemoryState:
         return self.memory.init_state(batch)
 
-    def __call__(self, x: jnp.ndarray, state: NeuralMemoryState | None = None):
+    def __call__(self, x: jnp.ndarray, state: NeuralMemoryState | None = None, *,
+                 segment_ids: jnp.ndarray | None = None):
         """``x [B, T, d_model]``, ``T`` a multiple of ``chunk_size`` -> ``(y, new_state)``;
-        splitting at multiples of ``chunk_size`` with the state carried equals one call."""
+        splitting at multiples of ``chunk_size`` with the state carried equals one call.
+
+        ``segment_ids`` is accepted for a uniform interface and checked, but has no effect:
+        without attention nothing is masked, and the memory is a recurrent state that carries
+        over document boundaries (module docstring).
+        """
         _check_input(x, self.embed_dim, self.memory.chunk_size, "chunk_size")
+        _check_segment_ids(segment_ids, x)
         m, state = self.memory(self.norm(x), state)
         return self._finish(x, m), state
+
+
+# Titans inside a TransformerLM.
+
+ARCHS = ("mac", "mag", "mal", "lmm")
+"""Architectures ``TitansConfig.arch`` accepts: memory as context, gate, layer, or alone."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TitansConfig:
+    """The Titans layers of a ``TransformerLM`` (``TransformerConfig.titans``).
+
+    Every layer is a block of architecture ``arch`` (with the LM's ``mlp_dim`` SwiGLU after
+    the mixer), attention heads and RoPE base from the ``TransformerConfig``:
+
+    - ``"mac"``: ``MACBlock``, memory as context (paper §4.1), attention inside segments of
+      ``segment_len`` tokens; inputs must be a multiple of ``segment_len``.
+    - ``"mag"``: ``MAGBlock``, memory as gate (§4.2), sliding-window attention of ``window``.
+    - ``"mal"``: ``MALBlock``, memory as layer (§4.3), sliding-window attention of ``window``.
+    - ``"lmm"``: ``LMMBlock``, the memory alone (no attention).
+
+    MAG, MAL and LMM take inputs that are a multiple of ``chunk_size`` (see ``multiple``).
+
+    Attributes:
+      arch: one of ``ARCHS``.
+      chunk_size: memory mini-batch ``b`` (paper §3.2); ``segment_len`` must be a multiple.
+      segment_len: MAC's attention segment ``C`` (required for MAC); for MAG and MAL the scan
+        step only (default: ``window`` rounded up to a multiple of ``chunk_size``); not used
+        by LMM (must stay ``None``).
+      window: MAG's and MAL's attention window ``W`` (required for them, ``None`` otherwise).
+      num_persistent: ``N_p`` persistent tokens of MAC, MAG, MAL (default 4; ``None`` for
+        LMM).
+      memory_depth, memory_hidden: memory MLP depth ``L_M`` and width (default ``4 * D``).
+      memory_heads, memory_head_dim: memory heads and dimension (default: the attention's).
+      max_lr: largest memory step size ``theta``.
+      conv_kernel: kernel of the memory's causal depthwise convolutions.
+
+    Defaults (our choice) favour a stable memory: the chunked update is heavy-ball gradient
+    descent with every gradient of a chunk taken at the chunk's start, so ``b`` similar keys
+    act like one step of roughly ``b * theta / (1 - eta)``, and a deep memory's curvature
+    grows with its weights. On the byte corpus, chunks of 16 or ``max_lr=0.1`` let some
+    layers' memories diverge within a few training steps (non-finite gradients, while the
+    output normalisation still hid it in the loss); chunks of 8 with ``max_lr=0.01`` did not.
+    """
+
+    arch: str
+    chunk_size: int = 8
+    segment_len: int | None = None
+    window: int | None = None
+    num_persistent: int | None = None
+    memory_depth: int = 2
+    memory_hidden: int | None = None
+    memory_heads: int | None = None
+    memory_head_dim: int | None = None
+    max_lr: float = 0.01
+    conv_kernel: int = 4
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.titans.arch must be one of {', '.join(ARCHS)}, got "
+                             f"{self.arch!r}")
+
+        def positive(name, required=False):
+            value = getattr(self, name)
+            if value is None and not required:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                need = " (required for arch " + repr(self.arch) + ")" if required else ""
+                raise ValueError(f"model.titans.{name} must be a positive int{need}, got "
+                                 f"{value!r}")
+
+        def unused(name):
+            if getattr(self, name) is not None:
+                raise ValueError(f"model.titans.{name} is not used by arch {self.arch!r}; "
+                                 f"leave it unset (None), got {getattr(self, name)!r}")
+
+        for name in ("chunk_size", "memory_depth", "conv_kernel"):
+            positive(name, required=True)
+        for name in ("memory_hidden", "memory_heads", "memory_head_dim"):
+            positive(name)
+        if not (isinstance(self.max_lr, (int, float)) and not isinstance(self.max_lr, bool)
+                and math.isfinite(self.max_lr) and self.max_lr > 0):
+            raise ValueError(f"model.titans.max_lr must be a positive finite float, got "
+                             f"{self.max_lr!r}")
+        if self.arch == "lmm":
+            for name in ("segment_len", "window", "num_persistent"):
+                unused(name)
+            return
+        if self.num_persistent is None:
+            object.__setattr__(self, "num_persistent", 4)
+        if not isinstance(self.num_persistent, int) or isinstance(self.num_persistent, bool) \
+                or self.num_persistent < 0:
+            raise ValueError(f"model.titans.num_persistent must be an int >= 0, got "
+                             f"{self.num_persistent!r}")
+        if self.arch == "mac":
+            unused("window")
+            positive("segment_len", required=True)
+        else:
+            positive("window", required=True)
+            if self.segment_len is None:
+                object.__setattr__(self, "segment_len",
+                                   self.chunk_size * -(-self.window // self.chunk_size))
+            positive("segment_len")
+        if self.segment_len % self.chunk_size:
+            raise ValueError(f"model.titans.segment_len ({self.segment_len}) must be a multiple "
+                             f"of model.titans.chunk_size ({self.chunk_size})")
+
+    @property
+    def multiple_name(self) -> str:
+        """The field whose value input lengths must be a multiple of."""
+        return "segment_len" if self.arch == "mac" else "chunk_size"
+
+    @property
+    def multiple(self) -> int:
+        """Input lengths (and stream pieces) must be multiples of this: ``segment_len`` for
+        MAC, ``chunk_size`` otherwise."""
+        return getattr(self, self.multiple_name)
+
+    def check_length(self, name: str, length: int,
+                     advice: str = "pad to {padded} or split the stream at multiples of it"
+                     ) -> None:
+        """Raises ``ValueError`` naming ``name`` unless ``length`` is a positive multiple of
+        ``multiple``; ``advice`` (formatted with ``padded``, the next multiple) ends it."""
+        m = self.multiple
+        if length < 1 or length % m:
+            padded = max(m, -(-length // m) * m)
+            what = "segments" if self.arch == "mac" else "memory chunks"
+            raise ValueError(
+                f"{name}: sequence length {length} is not a positive multiple of "
+                f"model.titans.{self.multiple_name}={m} (the {self.arch.upper()} layers "
+                f"process whole {what}); " + advice.format(padded=padded))
+
+
+def make_block(titans: TitansConfig, *, embed_dim: int, num_heads: int, num_kv_heads: int,
+               head_dim: int, mlp_dim: int | None, rope_base: float, rngs: nnx.Rngs,
+               dtype=jnp.float32, param_dtype=jnp.float32):
+    """One Titans block of ``titans.arch`` with the attention shape of the LM around it."""
+    if not isinstance(titans, TitansConfig):
+        raise ValueError(f"titans must be a TitansConfig, got {type(titans).__name__}")
+    common = dict(mlp_dim=mlp_dim, max_lr=titans.max_lr, conv_kernel=titans.conv_kernel,
+                  rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    if titans.arch == "lmm":
+        return LMMBlock(embed_dim, num_heads=titans.memory_heads or num_heads,
+                        head_dim=titans.memory_head_dim or head_dim,
+                        chunk_size=titans.chunk_size, depth=titans.memory_depth,
+                        hidden=titans.memory_hidden, **common)
+    attention = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                     chunk_size=titans.chunk_size, segment_len=titans.segment_len,
+                     num_persistent=titans.num_persistent, memory_heads=titans.memory_heads,
+                     memory_head_dim=titans.memory_head_dim, memory_depth=titans.memory_depth,
+                     memory_hidden=titans.memory_hidden, rope_base=rope_base, **common)
+    if titans.arch == "mac":
+        return MACBlock(embed_dim, **attention)
+    cls = MAGBlock if titans.arch == "mag" else MALBlock
+    return cls(embed_dim, window=titans.window, **attention)

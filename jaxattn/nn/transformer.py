@@ -2,6 +2,14 @@
 
 Pre-norm blocks (RMSNorm), RoPE, SwiGLU MLPs, tied or untied embeddings
 (the LLaMA recipe). ``tokens [batch, seq] -> logits [batch, seq, vocab]`` in float32.
+
+With ``TransformerConfig.titans`` set, every layer is a Titans block of that architecture
+(Behrouz, Zhong & Mirrokni 2025: memory as context, gate or layer, or the memory alone; see
+``jaxattn.nn.titans``) instead of an attention ``Block``; embeddings, final norm and the
+(tied) unembedding are shared. ``__call__`` runs each sequence from a fresh memory, for
+training; ``stream`` carries every layer's memory (and window caches) across calls, so a
+stream of any length runs in constant memory (``jaxattn.inference.titans.TitansStream`` wraps
+it with buffering and generation).
 """
 
 import dataclasses
@@ -16,13 +24,20 @@ from jaxattn.data.tokenizer import RESERVED_ID
 from jaxattn.nn.attention import Attention, AttentionSpec
 from jaxattn.nn.init import logical_param, partitioned
 from jaxattn.nn.layers import RMSNorm, SwiGLU
+from jaxattn.nn.titans import TitansConfig, make_block
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """Shape of a ``TransformerLM``; ``attention`` holds one ``AttentionSpec`` per layer."""
+    """Shape of a ``TransformerLM``; ``attention`` holds one ``AttentionSpec`` per layer.
+
+    ``titans``: a ``TitansConfig`` makes every layer a Titans block of its architecture. Those
+    blocks bring their own causal softmax attention (segment or sliding-window masks with
+    persistent tokens), so ``attention`` must then hold plain causal dense specs (the
+    builders' default), and ``dropout_rate`` must be 0.
+    """
 
     vocab_size: int
     num_layers: int
@@ -39,6 +54,7 @@ class TransformerConfig:
     dropout_rate: float = 0.0
     dtype: str = "float32"
     landmark_id: int = RESERVED_ID
+    titans: TitansConfig | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads",
@@ -69,6 +85,24 @@ class TransformerConfig:
         if landmark and not 0 <= self.landmark_id < self.vocab_size:
             raise ValueError(f"model.landmark_id must be a token id in [0, {self.vocab_size}), "
                              f"got {self.landmark_id!r}")
+        if self.titans is not None:
+            self._check_titans()
+
+    def _check_titans(self):
+        if not isinstance(self.titans, TitansConfig):
+            raise ValueError(f"model.titans must be a TitansConfig or None, got "
+                             f"{type(self.titans).__name__}")
+        plain = AttentionSpec.create("dense")
+        odd = sorted({repr(spec) for spec in self.attention if spec != plain})
+        if odd:
+            raise ValueError(
+                f"model.titans (arch {self.titans.arch!r}) layers bring their own causal softmax "
+                f"attention, so config.attention must stay the plain causal dense kind (no "
+                f"window, softmax or other kinds; set the window with model.titans.window), "
+                f"got {', '.join(odd)}")
+        if self.dropout_rate:
+            raise ValueError(f"model.dropout_rate must be 0 with model.titans (the Titans "
+                             f"blocks have no dropout), got {self.dropout_rate}")
 
     @property
     def num_global_tokens(self) -> int:
@@ -134,7 +168,15 @@ class TransformerLM(nnx.Module):
                 (None, "embed"))
         else:
             self.global_tokens = None
-        self.blocks = nnx.List([Block(cfg, spec, rngs=rngs) for spec in cfg.attention])
+        if cfg.titans is None:
+            self.blocks = nnx.List([Block(cfg, spec, rngs=rngs) for spec in cfg.attention])
+        else:
+            self.blocks = nnx.List([
+                make_block(cfg.titans, embed_dim=cfg.embed_dim, num_heads=cfg.num_heads,
+                           num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                           mlp_dim=cfg.mlp_dim, rope_base=cfg.rope_base, rngs=rngs,
+                           dtype=cfg.compute_dtype)
+                for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.embed_dim)
         if cfg.tie_embeddings:
             self.unembed = None
@@ -156,6 +198,15 @@ class TransformerLM(nnx.Module):
           train: update stateful attention (routing centroids) and sow auxiliary losses.
           keep_landmarks: with landmark layers, return the logits of the landmark positions
             too, ``[batch, seq + seq // mem_freq, vocab]`` (for ``landmark_lm_targets``).
+
+        With Titans layers (``cfg.titans``) every sequence starts from the learned initial
+        memory (use ``stream`` to carry it), ``seq`` must be a multiple of
+        ``cfg.titans.multiple`` (``segment_len`` for MAC, ``chunk_size`` otherwise), and
+        ``positions`` is not used: the blocks' RoPE positions are relative to the segment or
+        the window, which gives the same logits for contiguous positions. With
+        ``segment_ids`` the attention stays within each document, but the memory (a
+        recurrent state) carries over document boundaries inside a sequence: a packed
+        document reads what the documents before it wrote.
         """
         hidden = self.encode(tokens, positions=positions, segment_ids=segment_ids, rng=rng,
                              train=train, keep_landmarks=keep_landmarks)
@@ -183,6 +234,8 @@ class TransformerLM(nnx.Module):
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
+        if self.cfg.titans is not None:
+            return self._titans_encode(tokens, None, segment_ids)[0]
         batch, seq = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
@@ -202,6 +255,66 @@ class TransformerLM(nnx.Module):
         if landmark is not None and not keep_landmarks:
             x = landmark_lib.drop_landmarks(x, landmark.mem_freq)
         return x
+
+    # Titans.
+
+    def init_stream_state(self, batch: int) -> tuple:
+        """A Titans model's state at the start of a stream: one block state per layer (the
+        learned initial memory, zero momentum, empty convolution and window caches)."""
+        self._require_titans("init_stream_state")
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        return tuple(block.init_state(batch) for block in self.blocks)
+
+    def stream(self, tokens: jnp.ndarray, state: tuple | None = None, *,
+               segment_ids: jnp.ndarray | None = None):
+        """Runs the next piece of a stream through a Titans model.
+
+        Args:
+          tokens: ``[batch, seq]`` int ids, ``seq`` a multiple of ``cfg.titans.multiple``
+            (``segment_len`` for MAC, ``chunk_size`` otherwise).
+          state: what the previous call returned, or ``None`` (``init_stream_state``).
+          segment_ids: optional ``[batch, seq]`` document ids (0 = padding): attention stays
+            within a document (also across calls, through the window caches); the memory
+            carries over boundaries. ``None``: one document.
+
+        Returns:
+          ``(logits [batch, seq, vocab] float32, new_state)``. Feeding a sequence in pieces
+          (each a multiple of ``cfg.titans.multiple``) gives the logits of one call over the
+          whole sequence (up to float rounding), with a state whose size does not depend on
+          how many tokens were seen.
+        """
+        self._require_titans("stream")
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
+        hidden, state = self._titans_encode(tokens, state, segment_ids)
+        return self.logits(hidden), state
+
+    def _require_titans(self, what):
+        if self.cfg.titans is None:
+            raise ValueError(f"TransformerLM.{what} needs Titans layers (model.titans); this "
+                             f"model has attention blocks of kinds "
+                             f"{sorted({spec.kind for spec in self.cfg.attention})}")
+
+    def _titans_encode(self, tokens, state, segment_ids):
+        """``(final-normalised hidden [B, T, E], new per-layer states)``."""
+        batch, seq = tokens.shape
+        self.cfg.titans.check_length(
+            "tokens", seq, "pad to {padded}, or feed a stream of any length through "
+            "jaxattn.inference.titans.TitansStream, which buffers partial pieces")
+        if state is None:
+            state = self.init_stream_state(batch)
+        if not isinstance(state, (tuple, list)) or len(state) != len(self.blocks):
+            raise ValueError(f"state must hold one block state per layer ({len(self.blocks)}), "
+                             f"as init_stream_state or stream returns it, got "
+                             f"{type(state).__name__}")
+        x = self.embed(tokens)
+        new_state = []
+        for block, layer_state in zip(self.blocks, state):
+            x, layer_state = block(x, layer_state, segment_ids=segment_ids)
+            new_state.append(layer_state)
+        return self.final_norm(x), tuple(new_state)
 
     def _insert_landmarks(self, x, positions, segment_ids, mem_freq):
         landmark_lib.check_mem_freq_multiple("tokens", x.shape[1], mem_freq)

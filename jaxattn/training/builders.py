@@ -6,6 +6,7 @@ import itertools
 from jaxattn.attention import registry
 from jaxattn.data import DataConfig, get_tokenizer
 from jaxattn.nn.attention import AttentionSpec
+from jaxattn.nn.titans import ARCHS, TitansConfig
 from jaxattn.nn.transformer import TransformerConfig
 
 # Fields of ``config.attention`` that are not options of the attention function.
@@ -29,6 +30,29 @@ def attention_specs(attention_cfg, *, num_layers: int, seq_len: int) -> list[Att
     return [specs[kind] for kind in itertools.islice(itertools.cycle(layer_kinds), num_layers)]
 
 
+def titans_config(config) -> TitansConfig | None:
+    """The ``TitansConfig`` of ``config.model.titans``, or ``None`` when ``arch`` is unset.
+
+    Unset fields take ``TitansConfig``'s defaults; ``data.seq_len`` must be a multiple of the
+    architecture's ``segment_len`` (MAC) or ``chunk_size`` (the others).
+    """
+    block = config.model.get("titans")
+    if block is None:
+        return None
+    values = {name: value for name, value in block.items() if value is not None}
+    arch = values.pop("arch", None)
+    if arch is None:
+        if values:
+            raise ValueError(
+                f"config.model.titans.{', model.titans.'.join(sorted(values))} set but "
+                f"model.titans.arch is not; set arch to one of {', '.join(ARCHS)} or unset them")
+        return None
+    titans = TitansConfig(arch=arch, **values)
+    titans.check_length("data.seq_len", config.data.seq_len,
+                        "use a multiple such as {padded}")
+    return titans
+
+
 def model_config(config) -> TransformerConfig:
     m = config.model
     tokenizer = get_tokenizer(config.data.tokenizer)
@@ -40,7 +64,7 @@ def model_config(config) -> TransformerConfig:
                                   seq_len=config.data.seq_len),
         train_len=config.data.seq_len, rope_base=m.rope_base,
         ssmax_init=config.attention.ssmax_init, tie_embeddings=m.tie_embeddings,
-        dropout_rate=m.dropout_rate, dtype=m.dtype)
+        dropout_rate=m.dropout_rate, dtype=m.dtype, titans=titans_config(config))
 
 
 def data_config(config) -> DataConfig:

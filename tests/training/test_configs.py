@@ -69,3 +69,31 @@ def test_schedule_warms_up_then_decays():
     assert float(schedule(10)) == pytest.approx(1.0)
     assert float(schedule(100)) == pytest.approx(0.1)
     assert 0.1 < float(schedule(55)) < 1.0
+
+
+def test_titans_config_archs_and_unknown_arch():
+    from configs import titans
+    for arch in ("mac", "mag", "mal", "lmm"):
+        config = titans.get_config(f"arch={arch},smoke")
+        assert config.model.titans.arch == arch and config.attention.kind == "dense"
+    with pytest.raises(ValueError, match=r"unknown titans arch 'xl'; valid archs: mac, mag, "
+                                         r"mal, lmm"):
+        titans.get_config("arch=xl")
+    # Other configs get no Titans layers: the placeholders stay unset.
+    assert all(value is None for value in smoke_config().model.titans.values())
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"model__titans__window": 8}, r"model.titans.window set but model.titans.arch is not"),
+    ({"model__titans__arch": "mac"}, r"model.titans.segment_len must be a positive int "
+                                     r"\(required for arch 'mac'\)"),
+    ({"model__titans__arch": "gate"}, r"model.titans.arch must be one of mac, mag, mal, lmm"),
+    ({"model__titans__arch": "mac", "model__titans__segment_len": 48}, r"data.seq_len: sequence "
+     r"length 64 is not a positive multiple of model.titans.segment_len=48.*such as 96"),
+    ({"model__titans__arch": "mag", "model__titans__window": 8,
+      "attention__kind": "ssmax"}, r"config.attention must stay the plain causal dense kind"),
+])
+def test_bad_titans_config_gives_clear_error(tmp_path, overrides, match):
+    config = smoke_config(**overrides)
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(config, str(tmp_path))
