@@ -137,10 +137,15 @@ def run(config, workdir: str, *, out: str | None = None, suites=SUITES,
         buckets: str = ppl_lib.DEFAULT_BUCKETS, ppl_method: str = "auto", task: str = "passkey",
         retrieval_lens=None, depths=retrieval_lib.DEFAULT_DEPTHS, trials: int = 10,
         seed: int = 0, retrieval: RetrievalConfig | None = None, eff_lens=None,
-        eff_batch: int = 1, repeats: int = 3, progress: bool = True) -> dict:
+        eff_batch: int = 1, repeats: int = 3, progress: bool = True, model=None,
+        step: int | None = None) -> dict:
     """Runs the suites on the latest checkpoint of ``workdir`` and writes the report to
     ``out`` (default ``WORKDIR/eval``); returns the results (``eval.json``'s content) with
     ``"files"``: the paths written.
+
+    ``model``: evaluate this ``TransformerLM`` instead of a checkpoint (a converted model,
+    say); ``workdir`` then only places the default ``out``, ``config`` still gives the data,
+    and ``step`` is reported as the step.
 
     Every argument is checked before the checkpoint is loaded: unknown suites or task,
     lengths too short for the task or not fitting the run's data (``ValueError``), a workdir
@@ -173,12 +178,15 @@ def run(config, workdir: str, *, out: str | None = None, suites=SUITES,
         else:
             depths = retrieval_lib.check_depths(task, depths)
     eff_lens = parse_lengths(eff_lens or eval_lens, "eff_lens")
-    check_checkpoint_dir(workdir)
-
-    model_cfg, state, _ = load_checkpoint(config, workdir)
-    step = int(state.step)
-    model = _on_first_device(model_from_state(model_cfg, state))
-    del state
+    if model is None:
+        check_checkpoint_dir(workdir)
+        model_cfg, state, _ = load_checkpoint(config, workdir)
+        step = int(state.step)
+        model = _on_first_device(model_from_state(model_cfg, state))
+        del state
+    else:
+        model_cfg = model.cfg
+        model = _on_first_device(model)
     landmark = model_cfg.landmark is not None
     results = {"meta": {
         "workdir": os.path.abspath(workdir), "step": step,

@@ -5,6 +5,8 @@ to ``[B, Tq, H, D]``; ``registry`` names them and validates their options.
 """
 
 from jaxattn.attention.dense import dense_attention
+from jaxattn.attention.kv_cache import KVCache
+from jaxattn.attention.kv_cache import cached_attention
 from jaxattn.attention.landmark import insert_landmarks
 from jaxattn.attention.landmark import landmark_attention
 from jaxattn.attention.local import local_attention
@@ -32,6 +34,8 @@ from jaxattn.attention.ssmax import ssmax_logit_scale
 
 __all__ = [
     "DenseOptions",
+    "KVCache",
+    "cached_attention",
     "LandmarkOptions",
     "LSGOptions",
     "LocalOptions",

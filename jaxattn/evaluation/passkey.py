@@ -4,7 +4,8 @@ Each trial is a ``tasks.make_passkey`` prompt of exactly ``length`` tokens with 
 random depth; the model continues it greedily and the trial counts when the first integer of
 the continuation is the key (``tasks.passkey_correct``). It is ``retrieval_grid`` with one
 random-depth column: landmark models read the prompt with ``LandmarkDecoder`` (chunks + top-k
-block retrieval); other models run the full forward over the whole prompt.
+block retrieval), dense, SSMax, local and LSG models with ``KVCacheDecoder``; other models run
+the full forward over the whole prompt.
 """
 
 from jaxattn.evaluation.retrieval import retrieval_grid
@@ -18,8 +19,8 @@ def passkey_accuracy(model, lengths, *, trials=50, seed=0, batch_size=None,
 
     Args:
       model: a ``TransformerLM``. A landmark model is decoded with ``LandmarkDecoder`` and
-        ``retrieval`` (default ``RetrievalConfig()``); any other model with full attention over
-        the whole prompt.
+        ``retrieval`` (default ``RetrievalConfig()``), a dense, SSMax, local or LSG model with
+        ``KVCacheDecoder``, any other model by re-running its full forward.
       lengths: prompt lengths in tokens (each at least ``tasks.min_length("passkey")``).
       trials: prompts per length (the paper uses 50).
       seed: picks the keys and their depths; the same for every model, so models compare on

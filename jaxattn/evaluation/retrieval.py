@@ -6,8 +6,10 @@ seed, length, depth=depth)``; trial ``i`` uses the seed ``seed * 1_000_003 + i``
 cell, and the generators draw the needle (key, value) before its position, so a row of the
 grid asks for the same needles at different depths. The model continues each prompt greedily
 and the task's own metric (``tasks.retrieval_correct``) scores the continuation. Landmark
-models read the prompt with ``LandmarkDecoder`` (windows of blocks and top-k retrieval); any
-other model re-runs its full forward pass over a buffer long enough for prompt + answer.
+models read the prompt with ``LandmarkDecoder`` (windows of blocks and top-k retrieval);
+dense, SSMax, local and LSG models with ``KVCacheDecoder`` (chunked prefill into per-layer
+KV caches, then one token per step); any other model re-runs its full forward pass over a
+buffer long enough for prompt + answer.
 
 Tasks whose generator places the needle itself (``babilong_qa1`` scatters its facts at random
 sentence boundaries) take no depth: their grid has one column, ``depth=None`` ("random"),
@@ -25,10 +27,10 @@ from flax import nnx
 
 from jaxattn.data import tasks
 from jaxattn.data.tokenizer import ByteTokenizer
-from jaxattn.inference import LandmarkDecoder, RetrievalConfig
+from jaxattn.inference import KVCacheDecoder, LandmarkDecoder, RetrievalConfig, decoder_kind
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-METHODS = ("auto", "forward", "decoder")
+METHODS = ("auto", "forward", "decoder", "kv_cache")
 
 # decode(prompts [B, L] int32, max_new_tokens) -> greedy continuation [B, max_new_tokens].
 DecodeFn = Callable[[np.ndarray, int], np.ndarray]
@@ -158,15 +160,63 @@ class LandmarkGreedy:
         return np.concatenate(out)
 
 
+class KVCacheGreedy:
+    """Greedy continuation with ``KVCacheDecoder`` (dense, SSMax, local and LSG models): the
+    prompt is prefilled in chunks of ``prefill_chunk`` tokens, then one token per step.
+
+    The caches hold prompt + answer rounded up to a multiple of ``prefill_chunk``; one
+    decoder (and its compiled functions) is kept per such capacity, so every prompt length
+    of a grid compiles once. Prompts run ``batch_size`` at a time, a short last batch padded
+    with copies of its last row.
+    """
+
+    method = "kv cache"
+
+    def __init__(self, model, *, batch_size: int, prefill_chunk: int = 256):
+        model.check_kv_cache()
+        self.model, self.batch_size, self.prefill_chunk = model, batch_size, prefill_chunk
+        self.decoders = {}
+
+    def _decoder(self, needed):
+        capacity = -(-needed // self.prefill_chunk) * self.prefill_chunk
+        if capacity not in self.decoders:
+            self.decoders[capacity] = KVCacheDecoder(
+                self.model, batch_size=self.batch_size, capacity=capacity,
+                prefill_chunk=self.prefill_chunk)
+        return self.decoders[capacity]
+
+    def __call__(self, prompts, max_new_tokens: int) -> np.ndarray:
+        prompts = np.asarray(prompts, np.int32)
+        decoder = self._decoder(prompts.shape[1] + max_new_tokens)
+        size, out = self.batch_size, []
+        for start in range(0, prompts.shape[0], size):
+            chunk = prompts[start:start + size]
+            real = chunk.shape[0]
+            if real < size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
+            decoder.reset()
+            out.append(decoder.generate(max_new_tokens, prompt=chunk)[:real])
+        return np.concatenate(out)
+
+
 def greedy_decoder(model, *, method: str = "auto", retrieval: RetrievalConfig | None = None,
                    batch_size: int = 1) -> DecodeFn:
-    """A ``DecodeFn`` for ``model``: ``"auto"`` is ``LandmarkGreedy`` for landmark models and
-    ``FullForwardGreedy`` otherwise; ``"forward"``/``"decoder"`` force one."""
+    """A ``DecodeFn`` for ``model``. ``"auto"``: ``LandmarkGreedy`` for landmark models,
+    ``KVCacheGreedy`` for models whose every layer is causal dense, ssmax, local or LSG
+    attention, ``FullForwardGreedy`` otherwise (routing, Titans). ``"forward"``,
+    ``"decoder"`` (landmark) and ``"kv_cache"`` force one."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    landmark = model.cfg.landmark is not None
-    if method == "decoder" or (method == "auto" and landmark):
+    if method == "auto":
+        try:
+            kind = decoder_kind(model)
+        except ValueError:
+            kind = "forward"
+        method = {"landmark": "decoder", "kv_cache": "kv_cache"}.get(kind, "forward")
+    if method == "decoder":
         return LandmarkGreedy(model, retrieval, batch_size=batch_size)
+    if method == "kv_cache":
+        return KVCacheGreedy(model, batch_size=batch_size)
     return FullForwardGreedy(model)
 
 
@@ -193,7 +243,7 @@ def retrieval_grid(model, task: str, lengths: Sequence[int],
       seed: picks the needles; the same for every model, so models compare on identical
         prompts.
       batch_size: prompts decoded together (default all ``trials`` of a cell).
-      retrieval, method: how a landmark model decodes (``greedy_decoder``).
+      retrieval, method: how the model decodes (``greedy_decoder``).
       max_new_tokens: greedy tokens per prompt (default: the longest answer of the cell + 2).
       decode: decode with this instead of ``greedy_decoder(model, ...)``.
 

@@ -28,6 +28,7 @@ from flax import nnx
 from jaxattn.attention import landmark_retrieval as retrieval
 from jaxattn.attention.landmark import RetrievedBlocks, landmark_attention
 from jaxattn.attention.rope import apply_rope
+from jaxattn.inference.sampling import Sampler
 from jaxattn.nn.transformer import TransformerLM
 
 
@@ -298,18 +299,21 @@ class LandmarkDecoder:
         self._last_logits = out[:, -1]
         return out
 
-    def generate(self, max_new_tokens: int, *, prompt=None) -> np.ndarray:
-        """Greedy continuation ``[B, max_new_tokens]`` of the stream (after feeding ``prompt``
-        ``[B, n]`` if given)."""
+    def generate(self, max_new_tokens: int, *, prompt=None, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int = 0) -> np.ndarray:
+        """Continuation ``[B, max_new_tokens]`` of the stream (after feeding ``prompt``
+        ``[B, n]`` if given): greedy at ``temperature=0``, else sampled with
+        ``temperature`` and ``top_k`` from ``seed`` (``jaxattn.inference.sampling``)."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        sampler = Sampler(temperature, top_k, seed)
         if prompt is not None:
             self.feed(prompt)
         if self._last_logits is None:
             raise ValueError("nothing to continue: feed a prompt first")
         out = []
         for _ in range(max_new_tokens):
-            token = np.argmax(self._last_logits, axis=-1).astype(np.int32)
+            token = sampler(self._last_logits)
             out.append(token)
             self.feed(token[:, None])
         return np.stack(out, axis=1)
@@ -322,6 +326,10 @@ class LandmarkDecoder:
             if not self.config.offload:
                 total += cache.keys.nbytes + cache.values.nbytes
         return total
+
+    def cache_bytes(self) -> int:
+        """Bytes of cache, on the accelerator and on the host together."""
+        return self.device_cache_bytes() + self.host_cache_bytes()
 
     def host_cache_bytes(self) -> int:
         """Bytes of cache held in host memory (the offloaded blocks)."""

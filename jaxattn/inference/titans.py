@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxattn.inference.sampling import Sampler
 from jaxattn.nn.transformer import TransformerLM
 
 
@@ -87,6 +88,10 @@ class TitansStream:
         """Bytes of the stream state: fixed by the model and batch size, not the stream."""
         return sum(leaf.nbytes for leaf in jax.tree.leaves(self.state))
 
+    def cache_bytes(self) -> int:
+        """``state_bytes()``: the decoder interface's name for the stream's memory."""
+        return self.state_bytes()
+
     def feed(self, tokens) -> np.ndarray:
         """Appends ``tokens [batch_size, n]`` (int ids, any ``n >= 0``) to the stream; returns
         their next-token logits ``[batch_size, n, vocab]`` (float32, NumPy)."""
@@ -127,19 +132,23 @@ class TitansStream:
         self._last_logits = out[:, -1]
         return out
 
-    def generate(self, max_new_tokens: int, *, prompt=None) -> np.ndarray:
-        """Greedy continuation ``[batch_size, max_new_tokens]`` of the stream (after feeding
-        ``prompt [batch_size, n]`` if given); the generated tokens join the stream."""
+    def generate(self, max_new_tokens: int, *, prompt=None, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int = 0) -> np.ndarray:
+        """Continuation ``[batch_size, max_new_tokens]`` of the stream (after feeding
+        ``prompt [batch_size, n]`` if given); the generated tokens join the stream. Greedy at
+        ``temperature=0``, else sampled with ``temperature`` and ``top_k`` from ``seed``
+        (``jaxattn.inference.sampling``)."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
                 or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        sampler = Sampler(temperature, top_k, seed)
         if prompt is not None:
             self.feed(prompt)
         if self._last_logits is None:
             raise ValueError("nothing to continue: feed a prompt first")
         out = []
         for _ in range(max_new_tokens):
-            token = np.argmax(self._last_logits, axis=-1).astype(np.int32)
+            token = sampler(self._last_logits)
             out.append(token)
             self.feed(token[:, None])
         return np.stack(out, axis=1)

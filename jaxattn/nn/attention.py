@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxattn.attention import kv_cache as kv_cache_lib
 from jaxattn.attention import registry
 from jaxattn.attention.rope import apply_rope
 from jaxattn.attention.ssmax import ssmax_init_value
@@ -104,6 +105,25 @@ class Attention(nnx.Module):
             self.state[...] = new_state
             self.sow(nnx.Intermediate, "aux_loss", aux_loss)
         return self.output(out)
+
+    def decode(self, x: jnp.ndarray, cache: kv_cache_lib.KVCache, *,
+               positions: jnp.ndarray):
+        """Attention of a chunk against this layer's cache (``jaxattn.attention.kv_cache``).
+
+        ``x [B, C, embed]`` are the inputs of slots ``[cache.length, cache.length + C)`` at
+        RoPE ``positions [B, C]``. Returns ``(out [B, C, embed], cache)`` with the chunk's
+        keys and values written; ``cache.length`` is left for the caller to advance.
+        """
+        kv_cache_lib.check_decodable(self.spec.kind, self.spec.options)
+        q, k, v = self.project(x)
+        q = apply_rope(q, positions, self.rope_base)
+        k = apply_rope(k, positions, self.rope_base)
+        cache = kv_cache_lib.write_chunk(
+            cache, k, v, q=q,
+            num_global_tokens=getattr(self.spec.options, "num_global_tokens", 0))
+        ssmax_s = None if self.ssmax_s is None else self.ssmax_s[...]
+        out = kv_cache_lib.cached_attention_for(self.spec, q, cache, ssmax_s=ssmax_s)
+        return self.output(out), cache
 
     def project(self, x: jnp.ndarray):
         """``(q [B, T, H, D], k [B, T, K, D], v [B, T, K, D])`` before RoPE (``k`` is ``q``

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxattn.attention import kv_cache as kv_cache_lib
 from jaxattn.attention import landmark as landmark_lib
 from jaxattn.data.tokenizer import RESERVED_ID
 from jaxattn.nn.attention import Attention, AttentionSpec
@@ -151,6 +152,13 @@ class Block(nnx.Module):
         h = self.mlp(self.mlp_norm(x))
         return x + _dropout(h, self.dropout_rate, rngs[1])
 
+    def decode(self, x, cache, *, positions):
+        """The block on a chunk against its attention's ``KVCache`` (no dropout);
+        ``(x [B, C, embed], cache)``, see ``Attention.decode``."""
+        h, cache = self.attn.decode(self.attn_norm(x), cache, positions=positions)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), cache
+
 
 class TransformerLM(nnx.Module):
     """Decoder-only LM. ``tokens [batch, seq] int32 -> logits [batch, seq, vocab] float32``."""
@@ -255,6 +263,84 @@ class TransformerLM(nnx.Module):
         if landmark is not None and not keep_landmarks:
             x = landmark_lib.drop_landmarks(x, landmark.mem_freq)
         return x
+
+    # KV-cache decoding.
+
+    def check_kv_cache(self) -> None:
+        """``ValueError`` unless every layer can decode from a ``KVCache``: causal dense,
+        ssmax, local or LSG attention (no Titans, landmark or routing layers)."""
+        if self.cfg.titans is not None:
+            raise ValueError(f"a Titans model (model.titans arch {self.cfg.titans.arch!r}) "
+                             f"decodes through TransformerLM.stream / TitansStream, not a "
+                             f"KV cache")
+        for index, spec in enumerate(self.cfg.attention):
+            try:
+                kv_cache_lib.check_decodable(spec.kind, spec.options)
+            except ValueError as e:
+                raise ValueError(f"layer {index}: {e}") from None
+
+    def init_kv_cache(self, batch: int, capacity: int) -> tuple:
+        """Per-layer ``KVCache``s with room for ``capacity`` ordinary tokens.
+
+        With LSG global tokens the first ``num_global_tokens`` slots of every layer hold
+        the global tokens' keys and values (at position 0, as in ``encode``); they are run
+        through the model here, so the caches come back with ``length = num_global_tokens``.
+        """
+        self.check_kv_cache()
+        for name, value in (("batch", batch), ("capacity", capacity)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        cfg = self.cfg
+        num_global = cfg.num_global_tokens
+        caches = tuple(
+            kv_cache_lib.init_cache(
+                batch, num_global + capacity, cfg.num_kv_heads, cfg.head_dim,
+                dtype=cfg.compute_dtype,
+                bos_heads=cfg.num_heads if kv_cache_lib.needs_bos_query(spec.kind,
+                                                                        spec.options) else 0)
+            for spec in cfg.attention)
+        if num_global:
+            x = jnp.broadcast_to(self.global_tokens[...].astype(cfg.compute_dtype)[None],
+                                 (batch, num_global, cfg.embed_dim))
+            positions = jnp.zeros((batch, num_global), jnp.int32)
+            _, caches = self._decode_hidden(x, positions, caches, num_global)
+        return caches
+
+    def decode_chunk(self, tokens: jnp.ndarray, caches: tuple, *, num_valid=None):
+        """Runs the next ``C`` tokens of a sequence against per-layer caches.
+
+        Args:
+          tokens: ``[batch, C]`` int ids of ordinary positions ``[n, n + C)``, ``n`` the
+            ordinary tokens already in the caches.
+          caches: what ``init_kv_cache`` or the previous call returned.
+          num_valid: how many of the ``C`` tokens are real (int or int32 scalar, default
+            ``C``): the caches advance by that many, so trailing padding is overwritten by the
+            next call and never seen by a real token.
+
+        Returns:
+          ``(logits [batch, C, vocab] float32, caches)``: the logits of the full forward at
+          those positions (up to float rounding).
+        """
+        self.check_kv_cache()
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, chunk], got shape {tokens.shape}")
+        if not isinstance(caches, (tuple, list)) or len(caches) != len(self.blocks):
+            raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), as "
+                             f"init_kv_cache returns them, got {type(caches).__name__}")
+        batch, chunk = tokens.shape
+        start = caches[0].length - self.cfg.num_global_tokens
+        positions = jnp.broadcast_to(start + jnp.arange(chunk, dtype=jnp.int32), (batch, chunk))
+        hidden, caches = self._decode_hidden(self.embed(tokens), positions, caches,
+                                             chunk if num_valid is None else num_valid)
+        return self.logits(self.final_norm(hidden)), caches
+
+    def _decode_hidden(self, x, positions, caches, num_valid):
+        new_caches = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block.decode(x, cache, positions=positions)
+            new_caches.append(kv_cache_lib.advance(cache, num_valid))
+        return x, tuple(new_caches)
 
     # Titans.
 

@@ -151,7 +151,7 @@ def test_command_line_end_to_end_on_lm_tiny(tmp_path):
         assert sum(b["tokens"] for b in row["buckets"]) == row["tokens"]
     assert [b["stop"] for b in ppl[1]["buckets"]] == [16, 32, 64, 128]
     grid = data["retrieval"]
-    assert grid["task"] == "passkey" and grid["method"] == "full attention"
+    assert grid["task"] == "passkey" and grid["method"] == "kv cache"
     assert np.asarray(grid["accuracy"]).shape == (1, 2) and len(grid["rows"]) == 2
     eff = data["efficiency"]
     assert [r["length"] for r in eff] == [64]

@@ -93,12 +93,14 @@ def test_runnable_length_rounds_up_to_what_every_layer_takes():
     assert rl.runnable_length(tiny_model("local", block_size=8).cfg, 40) == 40
 
 
+@pytest.mark.parametrize("method, decoder_cls", [("forward", rl.FullForwardGreedy),
+                                                 ("auto", rl.KVCacheGreedy)])
 @pytest.mark.parametrize("kind, options", [("dense", {}), ("local", {"block_size": 8})])
-def test_full_forward_greedy_matches_stepwise_argmax(kind, options):
+def test_greedy_decoders_match_stepwise_argmax(kind, options, method, decoder_cls):
     model = tiny_model(kind, seed=4, **options)
     prompts = np.random.default_rng(0).integers(4, VOCAB, size=(2, 13)).astype(np.int32)
-    decode = rl.greedy_decoder(model)
-    assert isinstance(decode, rl.FullForwardGreedy)
+    decode = rl.greedy_decoder(model, method=method)
+    assert isinstance(decode, decoder_cls)
     new = decode(prompts, 4)
     assert new.shape == (2, 4) and new.dtype == np.int32
     graph, state = nnx.split(model)

@@ -1,0 +1,318 @@
+"""Cached attention for decoding: a fixed-capacity key/value cache per layer, pure JAX.
+
+A ``KVCache`` holds the keys (after RoPE) and values of every position fed so far, in slots
+``[0, length)`` of arrays with a static ``capacity``. Decoding a chunk of ``C`` new tokens is
+
+1. ``write_chunk(cache, k, v)``: the chunk's keys/values go to slots ``[length, length + C)``
+   (``jax.lax.dynamic_update_slice``; ``length`` is not moved yet);
+2. ``cached_attention(q, cache, kind=..., **options)``: the chunk's queries, at slots
+   ``[length, length + C)``, attend over every cached key they may see;
+3. ``advance(cache, count)``: ``length += count``, the chunk's real tokens (``count <= C``).
+
+Every mask spans the whole capacity and ``length`` is a traced scalar, so one compiled program
+serves every step of a given chunk size. A query never sees a slot to its right, so slots
+written by padding at the end of a chunk (``count < C``) are invisible to every real query and
+are overwritten by the next chunk.
+
+Visibility of key slot ``j`` for the query in slot ``p`` (the rules of the full forward of
+each kind, restricted to what a causal query can see):
+
+- ``dense`` / ``ssmax``: ``j <= p``; with ``window=w`` also ``p - w < j``.
+- ``local`` (``block_size=B``): ``j <= p`` and ``j // B >= p // B - 1``.
+- ``lsg``: the first ``G = num_global_tokens`` slots hold the global tokens. A global query
+  (``p < G``) sees ``j <= p``. An ordinary query (ordinary index ``i = p - G``, block
+  ``b = i // B``) sees every global key, the ordinary keys ``m = j - G`` with ``m <= i`` and
+  ``m // B >= b - 1``, and the compressed tokens ``[(b-1) B/f - S, (b-1) B/f)`` built by
+  ``lsg.py``'s compression from the cached ordinary keys (those windows lie entirely left of
+  block ``b-1``, so they are complete). ``bos_pooling`` reads the query of the first ordinary
+  token, which ``write_chunk`` keeps in ``KVCache.bos_query``.
+
+``softmax="ssmax"`` multiplies the logits of each query by ``s_h * log(n)``, ``n`` the number
+of keys it sees under these rules, as in ``ssmax.py``. Logits and softmax statistics are
+float32 (float64 for float64 inputs); the output has ``q``'s dtype.
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxattn.attention import core
+from jaxattn.attention import lsg as lsg_lib
+from jaxattn.attention import registry
+from jaxattn.attention import ssmax as ssmax_lib
+
+DECODABLE_KINDS = ("dense", "ssmax", "local", "lsg")
+
+
+class KVCache(NamedTuple):
+    """One layer's decoding cache.
+
+    keys: ``[B, capacity, K, D]``, keys after RoPE.
+    values: ``[B, capacity, K, D]``.
+    length: int32 scalar, the filled slots ``[0, length)``.
+    bos_query: ``[B, H, D]`` query (after RoPE) of the first ordinary token, read by LSG's
+      ``bos_pooling``; ``[B, 0, D]`` when not needed.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    length: jax.Array
+    bos_query: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[1]
+
+
+def check_decodable(kind: str, options) -> None:
+    """``ValueError`` unless attention ``kind`` with ``options`` can decode from a cache:
+    a causal dense, ssmax, local or LSG kind."""
+    registry.get_variant(kind)  # unknown kinds list the valid ones
+    if kind not in DECODABLE_KINDS:
+        raise ValueError(f"attention kind {kind!r} has no KV-cache decoding; kinds with one: "
+                         f"{', '.join(DECODABLE_KINDS)}")
+    if not getattr(options, "causal", True):
+        raise ValueError(f"causal must be True to decode attention kind {kind!r} from a cache "
+                         f"(a bidirectional query reads keys that do not exist yet)")
+
+
+def needs_bos_query(kind: str, options) -> bool:
+    """Whether the cache of this kind must keep the first ordinary token's query."""
+    return kind == "lsg" and options.sparsity_type == "bos_pooling" and \
+        options.sparse_block_size > 0
+
+
+def init_cache(batch: int, capacity: int, num_kv_heads: int, head_dim: int, *,
+               dtype=jnp.float32, bos_heads: int = 0) -> KVCache:
+    """An empty cache: zeros ``[batch, capacity, num_kv_heads, head_dim]``, ``length = 0``.
+
+    ``bos_heads``: query heads of ``bos_query`` (``H`` for LSG ``bos_pooling``, else 0).
+    """
+    for name, value in (("batch", batch), ("capacity", capacity),
+                        ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+        core.check_positive_int(name, value)
+    core.check_int("bos_heads", bos_heads, minimum=0)
+    shape = (batch, capacity, num_kv_heads, head_dim)
+    return KVCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
+                   length=jnp.zeros((), jnp.int32),
+                   bos_query=jnp.zeros((batch, bos_heads, head_dim), dtype))
+
+
+def _concrete(x):
+    """``int(x)`` when ``x`` is known at trace time, else ``None``."""
+    try:
+        return int(x)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        return None
+
+
+def _check_cache(cache):
+    if not isinstance(cache, KVCache):
+        raise ValueError(f"cache must be a KVCache (init_cache), got {type(cache).__name__}")
+    if cache.keys.ndim != 4 or cache.keys.shape != cache.values.shape:
+        raise ValueError(f"cache keys and values must both be [batch, capacity, kv_heads, "
+                         f"head_dim], got {cache.keys.shape} and {cache.values.shape}")
+
+
+def write_chunk(cache: KVCache, k: jax.Array, v: jax.Array, *, q: jax.Array | None = None,
+                num_global_tokens: int = 0) -> KVCache:
+    """Writes a chunk's keys/values to slots ``[length, length + C)``; ``length`` unchanged.
+
+    Args:
+      cache: a ``KVCache``.
+      k, v: ``[B, C, K, D]``, keys after RoPE.
+      q: ``[B, C, H, D]`` the chunk's queries (after RoPE); only read when the cache keeps a
+        ``bos_query``, which takes the query of slot ``num_global_tokens`` when the chunk
+        holds it.
+      num_global_tokens: LSG's ``G`` (slots ``[0, G)`` are global tokens).
+
+    ``ValueError`` naming ``k`` when the chunk cannot fit (checked when ``length`` is known
+    at trace time; under ``jit`` the caller keeps ``length + C <= capacity``).
+    """
+    _check_cache(cache)
+    if k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"k and v must both be [batch, chunk, kv_heads, head_dim], got "
+                         f"{k.shape} and {v.shape}")
+    batch, chunk = k.shape[:2]
+    if (batch,) + k.shape[2:] != (cache.keys.shape[0],) + cache.keys.shape[2:]:
+        raise ValueError(f"k must be [batch, chunk, kv_heads, head_dim] matching the cache "
+                         f"{cache.keys.shape}, got {k.shape}")
+    length = _concrete(cache.length)
+    if chunk > cache.capacity or (length is not None and length + chunk > cache.capacity):
+        raise ValueError(f"k: a chunk of {chunk} tokens does not fit the cache (capacity "
+                         f"{cache.capacity}, {length if length is not None else '?'} filled); "
+                         f"create the cache with a larger capacity")
+    start = cache.length.astype(jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    index = (zero, start, zero, zero)
+    keys = jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), index)
+    values = jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), index)
+    bos = cache.bos_query
+    if bos.shape[1]:
+        if q is None:
+            raise ValueError("q is required: this cache keeps the first ordinary token's query "
+                             "(LSG bos_pooling)")
+        if q.shape[:2] != (batch, chunk) or q.shape[2:] != bos.shape[1:]:
+            raise ValueError(f"q must be [batch, chunk, heads, head_dim] = "
+                             f"{[batch, chunk, *bos.shape[1:]]}, got {q.shape}")
+        offset = num_global_tokens - start
+        inside = (offset >= 0) & (offset < chunk)
+        row = jax.lax.dynamic_index_in_dim(q, jnp.clip(offset, 0, chunk - 1), axis=1,
+                                           keepdims=False)
+        bos = jnp.where(inside, row.astype(bos.dtype), bos)
+    return cache._replace(keys=keys, values=values, bos_query=bos)
+
+
+def advance(cache: KVCache, count) -> KVCache:
+    """The cache with ``length += count`` (the real tokens of the chunk just written)."""
+    _check_cache(cache)
+    return cache._replace(length=cache.length + jnp.asarray(count, jnp.int32))
+
+
+def _options(kind, options):
+    opts = registry.make_options(kind, **options)
+    check_decodable(kind, opts)
+    return opts
+
+
+def _token_mask(kind, opts, q_slot, k_slot):
+    """Bool ``[C, capacity]`` visibility of cached slots (module doc)."""
+    causal = k_slot <= q_slot
+    if kind in ("dense", "ssmax"):
+        if opts.window is not None:
+            return causal & (q_slot - k_slot < opts.window)
+        return causal
+    if kind == "local":
+        size = opts.block_size
+        return causal & (k_slot // size >= q_slot // size - 1)
+    g, size = opts.num_global_tokens, opts.block_size
+    k_global = k_slot < g
+    local = ~k_global & causal & ((k_slot - g) // size >= (q_slot - g) // size - 1)
+    return jnp.where(q_slot < g, causal, k_global | local)
+
+
+def _compressed(opts, cache, keys, values, q_slot, chunk, heads, scale, dtype):
+    """LSG's compressed keys of the cached ordinary tokens and their visibility.
+
+    Returns ``(ck [B, M, H, D], cv [B, M, H, D], mask [B, H, C, M])``.
+    """
+    g = opts.num_global_tokens
+    batch, capacity, kv_heads, head_dim = keys.shape
+    window, per_window = lsg_lib.lsg_compression_window(
+        opts.sparsity_type, block_size=opts.block_size, sparsity_factor=opts.sparsity_factor,
+        sparse_block_size=opts.sparse_block_size)
+    ordinary = capacity - g
+    padded = -(-ordinary // window) * window
+    group = heads // kv_heads
+
+    def ordinary_part(x):
+        x = core.repeat_kv(x[:, g:], group).astype(dtype)
+        return jnp.pad(x, ((0, 0), (0, padded - ordinary), (0, 0), (0, 0)))
+
+    filled = cache.length + chunk - g  # ordinary slots written so far, this chunk included
+    index = jax.lax.broadcasted_iota(jnp.int32, (1, padded), 1)
+    seg = jnp.broadcast_to((index < filled).astype(jnp.int32), (batch, padded))
+    q_bos = None
+    if opts.sparsity_type == "bos_pooling":
+        q_bos = cache.bos_query.astype(dtype)
+    ck, cv, cseg = lsg_lib._compress(
+        opts.sparsity_type, ordinary_part(keys), ordinary_part(values), seg, q_bos,
+        window=window, per_window=per_window, scale=scale, lsh_seed=opts.lsh_seed)
+    num_compressed = ck.shape[1]
+    step = opts.block_size // opts.sparsity_factor
+    q_block = (q_slot - g) // opts.block_size  # [C, 1]
+    c = jax.lax.broadcasted_iota(jnp.int32, (1, num_compressed), 1)
+    hi = (q_block - 1) * step
+    in_range = (c >= hi - opts.sparse_block_size) & (c < hi) & (q_slot >= g)  # [C, M]
+    valid = jnp.transpose(cseg != 0, (0, 2, 1))[:, :, None, :]  # [B, H, 1, M]
+    mask = in_range[None, None] & valid
+    return ck, cv, mask
+
+
+def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
+                     ssmax_s: jax.Array | None = None, scale=None, **options) -> jax.Array:
+    """Attention of a chunk of new queries over a ``KVCache`` (rules in the module doc).
+
+    Args:
+      q: ``[B, C, H, D]``, queries (after RoPE) of slots ``[cache.length, cache.length + C)``;
+        ``H`` a multiple of the cache's ``K`` (GQA: head ``h`` reads kv head ``h // (H/K)``).
+      cache: a ``KVCache`` whose slots ``[0, length + C)`` are written (``write_chunk``).
+      kind: ``"dense"``, ``"ssmax"``, ``"local"`` or ``"lsg"``.
+      ssmax_s: ``[H]`` per-head SSMax ``s``; required with ``softmax="ssmax"``.
+      scale: logit scale, default ``1/sqrt(D)``.
+      **options: the kind's registry options (``window``, ``block_size``, ``sparsity_type``,
+        ...), validated as ``registry.make_options(kind, **options)``; ``causal`` must be
+        True.
+
+    Returns:
+      ``[B, C, H, D]`` in ``q.dtype``; equal to the full forward's rows
+      ``[length, length + C)`` of the same kind.
+    """
+    opts = _options(kind, options)
+    _check_cache(cache)
+    if getattr(q, "ndim", None) != 4:
+        raise ValueError(f"q must be [batch, chunk, heads, head_dim], got shape "
+                         f"{getattr(q, 'shape', None)}")
+    batch, chunk, heads, head_dim = q.shape
+    _, capacity, kv_heads, kv_dim = cache.keys.shape
+    if cache.keys.shape[0] != batch or kv_dim != head_dim or heads % kv_heads:
+        raise ValueError(f"q [batch, chunk, heads, head_dim] = {list(q.shape)} does not match "
+                         f"the cache {list(cache.keys.shape)} (same batch and head_dim, heads a "
+                         f"multiple of kv_heads)")
+    if chunk > capacity:
+        raise ValueError(f"q: a chunk of {chunk} queries exceeds the cache capacity {capacity}")
+    core.check_scale(scale)
+    ssmax_lib.check_ssmax_s(ssmax_s, opts.softmax, heads)
+    g = getattr(opts, "num_global_tokens", 0)
+    if g >= capacity:
+        raise ValueError(f"num_global_tokens ({g}) must be smaller than the cache capacity "
+                         f"({capacity})")
+    group = heads // kv_heads
+    dtype = core.compute_dtype(q.dtype)
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+
+    q_slot = cache.length.astype(jnp.int32) + jax.lax.broadcasted_iota(
+        jnp.int32, (chunk, 1), 0)
+    k_slot = jax.lax.broadcasted_iota(jnp.int32, (1, capacity), 1)
+    qg = core.group_query_heads(q, kv_heads).astype(dtype)  # [B, C, K, G, D]
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, cache.keys.astype(dtype))
+    logits = logits * jnp.asarray(scale, dtype)
+    mask = jnp.broadcast_to(_token_mask(kind, opts, q_slot, k_slot)[None, None, None],
+                            logits.shape)
+    sparse = (kind == "lsg" and opts.sparsity_type != "none" and opts.sparse_block_size > 0)
+    if sparse:
+        ck, cv, smask = _compressed(opts, cache, cache.keys, cache.values, q_slot, chunk,
+                                    heads, scale, dtype)
+        num_compressed = ck.shape[1]
+        ckg = ck.reshape(batch, num_compressed, kv_heads, group, head_dim)
+        slogits = jnp.einsum("bqkgd,bmkgd->bkgqm", qg, ckg) * jnp.asarray(scale, dtype)
+        smask = smask.reshape(batch, kv_heads, group, chunk, num_compressed)
+        logits = jnp.concatenate([logits, slogits], axis=-1)
+        mask = jnp.concatenate([mask, jnp.broadcast_to(smask, slogits.shape)], axis=-1)
+    if opts.softmax == "ssmax":
+        count = jnp.sum(mask, axis=-1, dtype=jnp.int32).astype(dtype)  # [B, K, G, C]
+        s = ssmax_s.astype(dtype).reshape(1, kv_heads, group, 1)
+        logits = logits * (s * jnp.log(jnp.maximum(count, 1.0)))[..., None]
+    probs = core.masked_softmax(logits, mask)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs[..., :capacity], cache.values.astype(dtype))
+    if sparse:
+        cvg = cv.reshape(batch, num_compressed, kv_heads, group, head_dim)
+        out = out + jnp.einsum("bkgqm,bmkgd->bqkgd", probs[..., capacity:], cvg)
+    return out.reshape(batch, chunk, heads, head_dim).astype(q.dtype)
+
+
+def cached_attention_for(spec, q, cache, *, ssmax_s=None, scale=None):
+    """``cached_attention`` with the kind and options of an ``AttentionSpec``-like ``spec``
+    (``.kind``, ``.options``)."""
+    return cached_attention(q, cache, kind=spec.kind, ssmax_s=ssmax_s, scale=scale,
+                            **dataclasses.asdict(spec.options))
+
+
+def cache_nbytes(caches) -> int:
+    """Bytes held by a pytree of caches."""
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(caches)))

@@ -1,0 +1,85 @@
+"""Next-token choice shared by every decoder: greedy, or temperature and top-k sampling.
+
+``sample_logits(logits, key, temperature=T, top_k=k)`` picks one token per row of
+``logits [B, vocab]``: the argmax when ``T == 0``; otherwise a draw from
+``softmax(logits / T)`` restricted to the ``k`` largest logits (all of them when ``k`` is
+``None``). Step ``i`` of a generation uses the key ``step_key(seed, i)``, so a generation is
+a deterministic function of the seed and the logits, whichever decoder produced them; the
+rows of a batch draw independently.
+"""
+
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_sampling(temperature, top_k, seed) -> None:
+    """``ValueError`` naming the first bad argument: ``temperature`` a finite number >= 0,
+    ``top_k`` ``None`` or an int >= 1, ``seed`` an int >= 0."""
+    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
+            or not np.isfinite(temperature) or temperature < 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
+                         f"{temperature!r}")
+    if top_k is not None and (not isinstance(top_k, numbers.Integral)
+                              or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+
+def step_key(seed, step) -> jax.Array:
+    """The PRNG key of generation step ``step`` (int or int32 scalar) for ``seed`` (an int,
+    or the key ``jax.random.PRNGKey(seed)`` itself)."""
+    key = jax.random.PRNGKey(seed) if isinstance(seed, numbers.Integral) else seed
+    return jax.random.fold_in(key, step)
+
+
+def sample_logits(logits: jax.Array, key: jax.Array, *, temperature=0.0,
+                  top_k: int | None = None) -> jax.Array:
+    """One token per row of ``logits [B, vocab]`` -> int32 ``[B]`` (module doc).
+
+    ``temperature`` may be traced (``0`` selects the argmax); ``top_k`` is static.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    safe = jnp.where(temperature > 0, temperature, 1.0)
+    vocab = logits.shape[-1]
+    if top_k is not None and top_k < vocab:
+        values, indices = jax.lax.top_k(logits, top_k)
+        choice = jax.random.categorical(key, values / safe, axis=-1)
+        sampled = jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0]
+    else:
+        sampled = jax.random.categorical(key, logits / safe, axis=-1)
+    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+
+
+@functools.partial(jax.jit, static_argnames=("top_k",))
+def _sample(logits, key, step, temperature, *, top_k):
+    return sample_logits(logits, step_key(key, step), temperature=temperature, top_k=top_k)
+
+
+class Sampler:
+    """Host-side next-token choice for decoders whose logits live in NumPy.
+
+    ``Sampler(temperature, top_k, seed)(logits [B, vocab])`` -> int32 ``[B]`` NumPy, the
+    ``i``-th call using ``step_key(seed, i)``. At temperature 0 it is ``np.argmax``.
+    """
+
+    def __init__(self, temperature=0.0, top_k: int | None = None, seed: int = 0):
+        check_sampling(temperature, top_k, seed)
+        self.temperature, self.top_k, self.seed = float(temperature), top_k, int(seed)
+        self.key = jax.random.PRNGKey(self.seed)
+        self.step = 0
+
+    def __call__(self, logits) -> np.ndarray:
+        if self.temperature == 0:
+            token = np.argmax(np.asarray(logits), axis=-1).astype(np.int32)
+        else:
+            token = np.asarray(_sample(jnp.asarray(logits), self.key, self.step,
+                                       self.temperature, top_k=self.top_k))
+        self.step += 1
+        return token
