@@ -21,7 +21,8 @@ import numpy as np
 from flax import nnx
 
 from jaxattn.attention.kv_cache import cache_nbytes
-from jaxattn.inference.sampling import check_sampling, sample_logits, step_key
+from jaxattn.inference.sampling import (check_max_new_tokens, check_sampling,
+                                        check_token_ids, sample_logits, step_key)
 from jaxattn.nn.transformer import TransformerLM
 
 
@@ -98,20 +99,12 @@ class KVCacheDecoder:
         return cache_nbytes(self._caches)
 
     def _check_tokens(self, tokens):
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[0] != self.batch_size:
-            raise ValueError(f"tokens must be [batch_size={self.batch_size}, n], got shape "
-                             f"{tokens.shape}")
-        if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"tokens must be ids in [0, {self.vocab_size}), got values in "
-                             f"[{tokens.min()}, {tokens.max()}]")
+        tokens = check_token_ids(tokens, self.batch_size, self.vocab_size)
         if self.num_tokens + tokens.shape[1] > self.capacity:
             raise ValueError(f"tokens: {tokens.shape[1]} more tokens overflow the cache "
                              f"(capacity={self.capacity}, {self.num_tokens} held); create the "
                              f"decoder with a larger capacity or reset() it")
-        return tokens.astype(np.int32)
+        return tokens
 
     def _run(self, tokens, keep):
         """Runs ``tokens [B, n]`` through the caches; returns their logits (device arrays)
@@ -149,7 +142,7 @@ class KVCacheDecoder:
         temperature)`` over the ``top_k`` largest logits (``jaxattn.inference.sampling``),
         deterministically for a given ``seed``.
         """
-        _positive_int("max_new_tokens", max_new_tokens)
+        check_max_new_tokens(max_new_tokens)
         check_sampling(temperature, top_k, seed)
         if prompt is not None:
             prompt = self._check_tokens(prompt)

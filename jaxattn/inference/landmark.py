@@ -28,7 +28,7 @@ from flax import nnx
 from jaxattn.attention import landmark_retrieval as retrieval
 from jaxattn.attention.landmark import RetrievedBlocks, landmark_attention
 from jaxattn.attention.rope import apply_rope
-from jaxattn.inference.sampling import Sampler
+from jaxattn.inference.sampling import check_token_ids, generate_by_feeding
 from jaxattn.nn.transformer import TransformerLM
 
 
@@ -182,7 +182,7 @@ class LandmarkDecoder:
         self._window = np.zeros((self.batch_size, self.window_len), np.int32)
         self._window_len = 0
         self._block_fill = 0
-        self._last_logits = None
+        self.last_logits = None
         self.num_tokens = 0  # ordinary tokens fed so far
         self._caches = [self._empty_cache(capacity) for _ in self._layers]
 
@@ -270,12 +270,7 @@ class LandmarkDecoder:
     def feed(self, tokens) -> np.ndarray:
         """Appends ordinary tokens ``[B, n]`` to the stream; returns their next-token logits
         ``[B, n, vocab]`` (float32, NumPy)."""
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[0] != self.batch_size:
-            raise ValueError(f"tokens must be [batch_size={self.batch_size}, n], got shape "
-                             f"{tokens.shape}")
-        if not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
+        tokens = check_token_ids(tokens, self.batch_size, self.vocab_size)
         results, wanted = [], []
         for column in tokens.T:
             if self._block_fill == self.mem_freq:
@@ -296,7 +291,7 @@ class LandmarkDecoder:
         if not results:
             return np.zeros((self.batch_size, 0, self.vocab_size), np.float32)
         out = np.concatenate(results, axis=1)
-        self._last_logits = out[:, -1]
+        self.last_logits = out[:, -1]
         return out
 
     def generate(self, max_new_tokens: int, *, prompt=None, temperature: float = 0.0,
@@ -304,19 +299,8 @@ class LandmarkDecoder:
         """Continuation ``[B, max_new_tokens]`` of the stream (after feeding ``prompt``
         ``[B, n]`` if given): greedy at ``temperature=0``, else sampled with
         ``temperature`` and ``top_k`` from ``seed`` (``jaxattn.inference.sampling``)."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        sampler = Sampler(temperature, top_k, seed)
-        if prompt is not None:
-            self.feed(prompt)
-        if self._last_logits is None:
-            raise ValueError("nothing to continue: feed a prompt first")
-        out = []
-        for _ in range(max_new_tokens):
-            token = sampler(self._last_logits)
-            out.append(token)
-            self.feed(token[:, None])
-        return np.stack(out, axis=1)
+        return generate_by_feeding(self, max_new_tokens, prompt=prompt,
+                                   temperature=temperature, top_k=top_k, seed=seed)
 
     def device_cache_bytes(self) -> int:
         """Bytes of cache held on the accelerator (landmark keys, plus blocks unless offloaded)."""

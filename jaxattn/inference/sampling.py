@@ -83,3 +83,44 @@ class Sampler:
                                        self.temperature, top_k=self.top_k))
         self.step += 1
         return token
+
+
+def check_token_ids(tokens, batch_size: int, vocab_size: int) -> np.ndarray:
+    """``tokens`` as int32 ``[batch_size, n]`` NumPy; ``ValueError`` naming ``tokens`` for a
+    wrong shape, a non-integer dtype or an id outside ``[0, vocab_size)``."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] != batch_size:
+        raise ValueError(f"tokens must be [batch_size={batch_size}, n], got shape "
+                         f"{tokens.shape}")
+    if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"tokens must be ids in [0, {vocab_size}), got values in "
+                         f"[{tokens.min()}, {tokens.max()}]")
+    return tokens.astype(np.int32)
+
+
+def check_max_new_tokens(max_new_tokens) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
+            or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+
+
+def generate_by_feeding(decoder, max_new_tokens: int, *, prompt=None, temperature=0.0,
+                        top_k: int | None = None, seed: int = 0) -> np.ndarray:
+    """The host-side generation loop of a decoder whose ``feed(tokens [B, n])`` returns NumPy
+    logits and leaves the last position's in ``decoder.last_logits``: feeds ``prompt`` if
+    given, then ``max_new_tokens`` times picks a token with ``Sampler`` and feeds it back.
+    Returns ``[B, max_new_tokens]`` int32."""
+    check_max_new_tokens(max_new_tokens)
+    sampler = Sampler(temperature, top_k, seed)
+    if prompt is not None:
+        decoder.feed(prompt)
+    if decoder.last_logits is None:
+        raise ValueError("nothing to continue: feed a prompt first")
+    out = []
+    for _ in range(max_new_tokens):
+        token = sampler(decoder.last_logits)
+        out.append(token)
+        decoder.feed(token[:, None])
+    return np.stack(out, axis=1)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxattn.inference.sampling import Sampler
+from jaxattn.inference.sampling import check_token_ids, generate_by_feeding
 from jaxattn.nn.transformer import TransformerLM
 
 
@@ -76,7 +76,7 @@ class TitansStream:
         """Starts a new stream: the learned initial memory, empty caches, nothing pending."""
         self.state = self._init(self._params, self.batch_size)
         self._pending = np.zeros((self.batch_size, 0), np.int32)
-        self._last_logits = None
+        self.last_logits = None
         self.num_tokens = 0  # tokens fed since the last reset
 
     @property
@@ -95,15 +95,7 @@ class TitansStream:
     def feed(self, tokens) -> np.ndarray:
         """Appends ``tokens [batch_size, n]`` (int ids, any ``n >= 0``) to the stream; returns
         their next-token logits ``[batch_size, n, vocab]`` (float32, NumPy)."""
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[0] != self.batch_size:
-            raise ValueError(f"tokens must be [batch_size={self.batch_size}, n], got shape "
-                             f"{tokens.shape}")
-        if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"tokens must be ids in [0, {self.vocab_size}), got values in "
-                             f"[{tokens.min()}, {tokens.max()}]")
+        tokens = check_token_ids(tokens, self.batch_size, self.vocab_size)
         n = tokens.shape[1]
         if n == 0:
             return np.zeros((self.batch_size, 0, self.vocab_size), np.float32)
@@ -129,7 +121,7 @@ class TitansStream:
         self._pending = rest
         self.num_tokens += n
         out = np.concatenate(results, axis=1)
-        self._last_logits = out[:, -1]
+        self.last_logits = out[:, -1]
         return out
 
     def generate(self, max_new_tokens: int, *, prompt=None, temperature: float = 0.0,
@@ -138,17 +130,5 @@ class TitansStream:
         ``prompt [batch_size, n]`` if given); the generated tokens join the stream. Greedy at
         ``temperature=0``, else sampled with ``temperature`` and ``top_k`` from ``seed``
         (``jaxattn.inference.sampling``)."""
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
-                or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        sampler = Sampler(temperature, top_k, seed)
-        if prompt is not None:
-            self.feed(prompt)
-        if self._last_logits is None:
-            raise ValueError("nothing to continue: feed a prompt first")
-        out = []
-        for _ in range(max_new_tokens):
-            token = sampler(self._last_logits)
-            out.append(token)
-            self.feed(token[:, None])
-        return np.stack(out, axis=1)
+        return generate_by_feeding(self, max_new_tokens, prompt=prompt,
+                                   temperature=temperature, top_k=top_k, seed=seed)
