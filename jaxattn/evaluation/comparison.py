@@ -262,47 +262,46 @@ def _mark_train_len(ax, rows):
         ax.axvline(n, color="gray", linestyle=":", label="training length" if i == 0 else None)
 
 
-def plot_ppl_vs_length(rows, path: str, title: str | None = None) -> str:
-    """Perplexity against evaluation length, one curve per run, the training length marked
-    (log2 x axis; log y axis when the values span a factor of 4)."""
+def _curves_by_kind(rows, key: str, path: str, *, xlabel: str, ylabel: str, title: str,
+                    log_y: bool = False, ylim=None) -> str:
+    """One curve per run of ``row[key]`` (``{length: value or None}``) against length (log2 x
+    axis), the training length marked."""
     fig, ax = report._figure(width=6.5)
     lengths, values = [], []
     for r in rows:
-        points = sorted((n, p) for n, p in r["ppl"].items() if p is not None)
+        points = sorted((n, v) for n, v in r[key].items() if v is not None)
         if points:
             ax.plot(*zip(*points), "o-", label=r["kind"])
             lengths += [n for n, _ in points]
-            values += [p for _, p in points]
+            values += [v for _, v in points]
     _mark_train_len(ax, rows)
     report._log2_axis(ax, lengths, ticks=True)
-    _log_y_if_wide(ax, values)
-    ax.set_xlabel("evaluation length (tokens)")
-    ax.set_ylabel("perplexity")
+    if log_y:
+        _log_y_if_wide(ax, values)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or "perplexity against evaluation length")
+    ax.set_title(title)
     return report._save(fig, path)
+
+
+def plot_ppl_vs_length(rows, path: str, title: str | None = None) -> str:
+    """Perplexity against evaluation length, one curve per run, the training length marked
+    (log2 x axis; log y axis when the values span a factor of 4)."""
+    return _curves_by_kind(rows, "ppl", path, xlabel="evaluation length (tokens)",
+                           ylabel="perplexity", log_y=True,
+                           title=title or "perplexity against evaluation length")
 
 
 def plot_retrieval_vs_length(rows, path: str, title: str | None = None) -> str:
     """Retrieval accuracy (mean over needle depths) against prompt length, one curve per run,
     the training length marked."""
-    fig, ax = report._figure(width=6.5)
-    lengths = []
-    for r in rows:
-        points = sorted((n, a) for n, a in r["retrieval"].items() if a is not None)
-        if points:
-            ax.plot(*zip(*points), "o-", label=r["kind"])
-            lengths += [n for n, _ in points]
-    _mark_train_len(ax, rows)
-    report._log2_axis(ax, lengths, ticks=True)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("accuracy (mean over depths)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "retrieval accuracy against prompt length")
-    return report._save(fig, path)
+    return _curves_by_kind(rows, "retrieval", path, xlabel="prompt length (tokens)",
+                           ylabel="accuracy (mean over depths)", ylim=(-0.05, 1.05),
+                           title=title or "retrieval accuracy against prompt length")
 
 
 def plot_loss_vs_position(records, path: str, length: int, title: str | None = None) -> str:
