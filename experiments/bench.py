@@ -4,6 +4,7 @@ r"""Benchmarks attention kinds against a baseline measured in the same run.
   python -m experiments.bench --suite=routing --backward --out=/tmp/bench_routing
   python -m experiments.bench --kinds=dense,ssmax --seq_lens=512,1024
   python -m experiments.bench --suite=titans --seq_lens=1024,2048,4096,8192 --out=/tmp/bench_titans
+  python -m experiments.bench --suite=decode --seq_lens=512,1024,2048,4096 --out=/tmp/bench_decode
 
 Each suite is a list of ``(label, kind, options)``; its first entry is the baseline, and every
 time is reported as a ratio to the baseline's at the same sequence length, with the fitted
@@ -18,6 +19,14 @@ MAG and MAL (512-token sliding window plus the memory) and LMM (the memory alone
 are 2-layer MLPs written in chunks of 64 tokens. Every row has tokens/s and the compiled
 program's memory (arguments, parameters included, + outputs + temporaries), with both as
 ratios to dense at the same length.
+
+The ``decode`` suite times whole ``TransformerLM``s (``--layers`` layers of one kind, ``d_model
+= heads * head_dim``; ``benchmarking.run_decode_sweep``) generating after a prompt of each
+length: the prefill through ``KVCacheDecoder`` (chunks of ``--prefill_chunk``), and the
+median time per token of ``--new_tokens`` one-token decode steps after ``1 + --warmup``
+untimed ones. The baseline of each row is measured in the same run on the same model: the
+per-token cost of ``FullForwardGreedy``, one full forward over a buffer for the prompt and the
+new tokens; the ratio is decode / full forward, with the fitted exponents of both.
 """
 
 import json
@@ -57,8 +66,16 @@ SUITES = {
         ("mal", "layer:mal", {"window": 512, "chunk_size": 64, "memory_depth": 2}),
         ("lmm", "layer:lmm", {"chunk_size": 64, "memory_depth": 2}),
     ],
+    "decode": [
+        ("dense", "dense", {"causal": True}),
+        ("ssmax", "ssmax", {"causal": True}),
+        ("lsg", "lsg", {"causal": True, "block_size": 128, "sparse_block_size": 32,
+                        "sparsity_factor": 4, "sparsity_type": "pooling",
+                        "num_global_tokens": 1}),
+    ],
 }
-"""Suite name → ``[(label, kind, options), ...]``; the first entry is the baseline.
+"""Suite name → ``[(label, kind, options), ...]``; the first entry is the baseline (in
+``decode``, every kind's own full forward is its baseline).
 
 ``"sqrt"`` as an option value is resolved per sequence length (``benchmarking.sqrt_power_of_two``).
 """
@@ -75,6 +92,10 @@ _DTYPE = flags.DEFINE_string("dtype", None,
 _BACKWARD = flags.DEFINE_bool("backward", False, "Time forward+backward (grads wrt q, k, v).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compiling.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls; the median is reported.")
+_LAYERS = flags.DEFINE_integer("layers", 4, "decode suite: layers of the model.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 16, "decode suite: timed decode steps.")
+_PREFILL_CHUNK = flags.DEFINE_integer("prefill_chunk", 512,
+                                      "decode suite: prefill chunk (at most the prompt length).")
 _OUT = flags.DEFINE_string("out", None, "Directory for bench.json and bench.md.")
 
 
@@ -103,6 +124,8 @@ def suite_cases(suite, kinds=None):
 def render_markdown(report):
     """The printed/written report: a header with device and versions, the table, the exponents."""
     meta = report["meta"]
+    if meta["suite"] == "decode":
+        return _render_decode(report)
     pass_name = "forward+backward" if meta["backward"] else "forward"
     layers = any(benchmarking.is_layer_kind(kind) for _, kind, _ in meta["cases"])
     what = "Layer" if layers else "Attention"
@@ -126,21 +149,64 @@ def render_markdown(report):
     return "\n".join(lines) + "\n"
 
 
+def _render_decode(report):
+    meta = report["meta"]
+    lines = [
+        "## Decode benchmark: suite `decode`, KV-cache decoding against the full forward",
+        "",
+        f"Device: {meta['device']}; jax {meta['jax_version']}; dtype {meta['dtype']}; "
+        f"TransformerLM layers={meta['layers']} d_model={meta['heads'] * meta['head_dim']} "
+        f"(heads={meta['heads']} head_dim={meta['head_dim']}), batch={meta['batch']}; prefill "
+        f"in chunks of min({meta['prefill_chunk']}, seq_len), median of {meta['repeats']}; "
+        f"decode: median of {meta['new_tokens']} one-token steps after {1 + meta['warmup']} "
+        f"untimed; baseline: each model's own full forward (`FullForwardGreedy`) per token, "
+        f"median of {meta['repeats']} after {meta['warmup']} warm-up call(s), same run.",
+        "",
+        benchmarking.decode_to_markdown(report["rows"]).rstrip("\n"),
+        "",
+        "Fitted exponent p in time per token ~ seq_len^p:",
+        "",
+        "| label | p decode | p full forward |",
+        "|---|---:|---:|",
+    ]
+    for label, exponent in report["exponents"].items():
+        lines.append(f"| {label} | {_exponent(exponent)} | "
+                     f"{_exponent(report['baseline_exponents'].get(label))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _exponent(p):
+    return "—" if p is None else f"{p:.2f}"
+
+
 def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=False, out=None,
-        kinds=None, warmup=2, repeats=5, progress=True):
+        kinds=None, warmup=2, repeats=5, progress=True, layers=4, new_tokens=16,
+        prefill_chunk=512):
     """Runs a suite (or ``kinds``); returns ``{"meta", "rows", "exponents", "markdown"}``.
+
+    The ``decode`` suite (also with ``kinds``: those kinds decoding) takes ``layers``,
+    ``new_tokens`` and ``prefill_chunk`` and adds ``"baseline_exponents"`` (full forward).
 
     With ``out`` the report is written to ``out/bench.json`` (everything but the markdown) and
     ``out/bench.md``. Raises ``ValueError`` for an unknown suite or unregistered kind.
     """
     name, cases = suite_cases(suite, kinds)
+    decode = suite == "decode"
+    name = "decode" if decode else name
     dtype = benchmarking.resolve_dtype(dtype)
-    baseline = cases[0][0]
+    baseline = "full forward" if decode else cases[0][0]
     logging.info("suite %s on %s: %s at seq_lens %s", name, benchmarking.device_description(),
                  ", ".join(label for label, _, _ in cases), seq_lens)
-    rows = benchmarking.run_sweep(cases, seq_lens, batch=batch, heads=heads, head_dim=head_dim,
-                                  dtype=dtype, backward=backward, baseline_label=baseline,
-                                  warmup=warmup, repeats=repeats, progress=progress)
+    if decode:
+        rows = benchmarking.run_decode_sweep(
+            cases, seq_lens, batch=batch, layers=layers, heads=heads, head_dim=head_dim,
+            dtype=dtype, new_tokens=new_tokens, prefill_chunk=prefill_chunk, warmup=warmup,
+            repeats=repeats, progress=progress)
+    else:
+        rows = benchmarking.run_sweep(cases, seq_lens, batch=batch, heads=heads,
+                                      head_dim=head_dim, dtype=dtype, backward=backward,
+                                      baseline_label=baseline, warmup=warmup, repeats=repeats,
+                                      progress=progress)
     report = {
         "meta": {
             "suite": name, "cases": [list(case) for case in cases], "baseline": baseline,
@@ -152,6 +218,10 @@ def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=
         "rows": rows,
         "exponents": benchmarking.fit_exponents(rows),
     }
+    if decode:
+        report["meta"].update(layers=layers, new_tokens=new_tokens, prefill_chunk=prefill_chunk,
+                              vocab_size=benchmarking.DECODE_VOCAB)
+        report["baseline_exponents"] = benchmarking.fit_exponents(rows, key="baseline_ms")
     report["markdown"] = render_markdown(report)
     if out:
         os.makedirs(out, exist_ok=True)
@@ -183,7 +253,8 @@ def main(argv):
         report = run(_SUITE.value, seq_lens=seq_lens, batch=_BATCH.value, heads=_HEADS.value,
                      head_dim=_HEAD_DIM.value, dtype=_DTYPE.value, backward=_BACKWARD.value,
                      out=_OUT.value, kinds=_KINDS.value, warmup=_WARMUP.value,
-                     repeats=_REPEATS.value)
+                     repeats=_REPEATS.value, layers=_LAYERS.value, new_tokens=_NEW_TOKENS.value,
+                     prefill_chunk=_PREFILL_CHUNK.value)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
     print(report["markdown"], end="", flush=True)

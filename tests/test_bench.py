@@ -18,6 +18,7 @@ from absl.testing import flagsaver
 from experiments import bench
 from jaxattn import benchmarking
 from jaxattn.attention import registry
+from jaxattn.inference.kv_decoder import SLOT_MULTIPLE
 
 TINY = dict(batch=1, heads=2, head_dim=16)
 
@@ -290,3 +291,42 @@ def test_layer_case_backward_and_errors():
         benchmarking.run_sweep([("a", "layer:xl", {})], [64], progress=False, **TINY)
     with pytest.raises(ValueError, match=r"unknown option 'windw' .*'layer:mag'.*window"):
         benchmarking.run_sweep([("a", "layer:mag", {"windw": 8})], [64], progress=False, **TINY)
+
+
+def test_decode_suite_reports_decode_against_the_full_forward(tmp_path):
+    old = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)  # a dozen tiny programs
+    try:
+        report = bench.run("decode", seq_lens=[24, 40], layers=1, new_tokens=2, prefill_chunk=16,
+                           warmup=0, repeats=1, progress=False, out=str(tmp_path), **TINY)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", old)
+    labels = [label for label, _, _ in bench.SUITES["decode"]]
+    rows = report["rows"]
+    assert [(row["label"], row["seq_len"]) for row in rows] == [
+        (label, n) for n in (24, 40) for label in labels]
+    assert all(row["error"] is None for row in rows), [row["error"] for row in rows]
+    for row in rows:
+        for key in ("prefill_ms", "median_ms", "baseline_ms", "tokens_per_s",
+                    "prefill_tokens_per_s", "cache_bytes", "ratio_to_baseline"):
+            assert math.isfinite(row[key]) and row[key] > 0, (row["label"], key, row[key])
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert row["ratio_to_baseline"] == pytest.approx(row["median_ms"] / row["baseline_ms"])
+        assert row["tokens_per_s"] == pytest.approx(1e3 / row["median_ms"])
+        assert row["prefill_tokens_per_s"] == pytest.approx(row["seq_len"] * 1e3
+                                                            / row["prefill_ms"])
+        assert row["capacity"] == row["seq_len"] + 3 and row["prefill_chunk"] == 16
+        global_tokens = 1 if row["kind"] == "lsg" else 0
+        slots = global_tokens + row["capacity"] + 15
+        assert row["cache_slots"] == -(-slots // SLOT_MULTIPLE) * SLOT_MULTIPLE
+        assert row["baseline_len"] >= row["seq_len"] + 2
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["meta"]["suite"] == "decode" and saved["meta"]["layers"] == 1
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    for exponents in (saved["exponents"], saved["baseline_exponents"]):
+        assert set(exponents) == set(labels) and all(math.isfinite(p) for p in exponents.values())
+    markdown = report["markdown"]
+    assert "Decode benchmark: suite `decode`" in markdown
+    assert "| p decode | p full forward |" in markdown
+    assert all(f"| {label} | {row_kind} | 40 |" in markdown
+               for label, row_kind, _ in bench.SUITES["decode"])

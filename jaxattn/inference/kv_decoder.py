@@ -26,6 +26,9 @@ from jaxattn.inference.sampling import (check_max_new_tokens, check_sampling,
 from jaxattn.nn.transformer import TransformerLM
 
 
+SLOT_MULTIPLE = 128
+
+
 def _init(graphdef, params, batch, slots):
     return nnx.merge(graphdef, params).init_kv_cache(batch, slots)
 
@@ -79,8 +82,11 @@ class KVCacheDecoder:
         self.prefill_chunk = min(prefill_chunk, capacity)
         self.vocab_size = model.cfg.vocab_size
         self.num_global_tokens = model.cfg.num_global_tokens
-        # Slack for a padded last chunk, whose write must not run past the arrays.
-        self._slots = capacity + self.prefill_chunk - 1
+        # Slack for a padded last chunk, whose write must not run past the arrays; the
+        # slots of a layer (global tokens included) rounded up to a multiple of
+        # SLOT_MULTIPLE, a size matrix kernels handle without ragged tiles.
+        needed = self.num_global_tokens + capacity + self.prefill_chunk - 1
+        self._slots = -(-needed // SLOT_MULTIPLE) * SLOT_MULTIPLE - self.num_global_tokens
         graphdef, self._params = nnx.split(model)
         self._init = jax.jit(functools.partial(_init, graphdef), static_argnums=(1, 2))
         self._decode = jax.jit(functools.partial(_decode, graphdef), donate_argnums=(1,))

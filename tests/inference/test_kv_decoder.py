@@ -437,8 +437,9 @@ def test_make_decoder_dispatch():
     dec = make_decoder(model, batch_size=2, capacity=20, prefill_chunk=4)
     assert isinstance(dec, KVCacheDecoder) and decoder_kind(model) == "kv_cache"
     assert dec.capacity == 20 and dec.prefill_chunk == 4 and dec.num_global_tokens == 2
-    # 2 layers x (keys + values) x batch 2 x (2 global + 20 + 3 slack) slots x 2 x 8, float32
-    assert dec.cache_bytes() == 2 * 2 * (2 * 25 * 2 * 8) * 4 + 2 * 4
+    # 2 layers x (keys + values) x batch 2 x (2 global + 20 + 3 slack, rounded up to 128)
+    # slots x 2 x 8, float32
+    assert dec.cache_bytes() == 2 * 2 * (2 * 128 * 2 * 8) * 4 + 2 * 4
     assert make_decoder(model).capacity == model.cfg.train_len
 
     landmark = make_decoder(tiny_model(("landmark", "landmark")), batch_size=2)
