@@ -89,6 +89,8 @@ def titans_config() -> ml_collections.ConfigDict:
         "memory_head_dim": config_dict.placeholder(int),
         "max_lr": config_dict.placeholder(float),
         "conv_kernel": config_dict.placeholder(int),
+        # Inner-loop gradient clipping of the memory (None: the paper's rule, no clipping).
+        "max_grad_norm": config_dict.placeholder(float),
     })
 
 

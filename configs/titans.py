@@ -34,7 +34,9 @@ def get_config(arg: str | None = None):
     # chunk taken at its start, so a chunk of b similar keys acts like one step of about
     # b / (1 - eta) times theta; a deep (MLP) memory's curvature also grows with its weights.
     # Chunks of 8 with theta <= 0.01 kept every layer's memory bounded on the corpus, where
-    # chunks of 16 or max_lr 0.1 let some diverge (NaN gradients).
+    # chunks of 16 or max_lr 0.1 let some diverge (NaN gradients). That is the chunked rule's
+    # own divergence, not rounding; --config.model.titans.max_grad_norm=1.0 (inner-loop
+    # gradient clipping, off by default) keeps larger chunks or step sizes finite.
     titans.chunk_size = 8
     titans.memory_depth = 2
     titans.max_lr = 0.01

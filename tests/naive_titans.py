@@ -13,7 +13,9 @@ Behrouz, Zhong & Mirrokni 2025 (arXiv 2501.00663), eqs. 12-15, written token by 
 
 ``naive_sequential_memory`` is the per-token rule; ``naive_minibatch_memory`` takes every
 gradient of a chunk of ``chunk_size`` tokens at the chunk-start memory (and reads it), still
-applying momentum and forgetting per token, by explicit loops.
+applying momentum and forgetting per token, by explicit loops. Both take an optional
+``max_grad_norm``: each token's gradient of each layer is scaled to Frobenius norm at most
+that (``g * min(1, max_grad_norm / ||g||)``) before it enters the momentum.
 """
 
 import numpy as np
@@ -60,13 +62,22 @@ def loss_and_grad(weights, k, v):
     return loss, grads
 
 
+def clip(grads, max_grad_norm):
+    """Each layer's gradient scaled down to Frobenius norm ``max_grad_norm`` if above it."""
+    if max_grad_norm is None:
+        return grads
+    return [g * min(1.0, max_grad_norm / np.linalg.norm(g)) if np.linalg.norm(g) > 0 else g
+            for g in grads]
+
+
 def _as_lists(weights, momentum, b, h):
     ws = [np.array(w[b, h], dtype=np.float64) for w in weights]
     ss = [np.array(s[b, h], dtype=np.float64) for s in momentum]
     return ws, ss
 
 
-def naive_minibatch_memory(weights, momentum, q, k, v, theta, eta, alpha, chunk_size):
+def naive_minibatch_memory(weights, momentum, q, k, v, theta, eta, alpha, chunk_size,
+                           max_grad_norm=None):
     """Float64 NumPy; ``weights``/``momentum``: lists of ``[B, H, d_in, d_out]``; ``q, k, v
     [B, T, H, D]``; gates ``[B, T, H]``.
 
@@ -85,7 +96,7 @@ def naive_minibatch_memory(weights, momentum, q, k, v, theta, eta, alpha, chunk_
                 w0 = [w.copy() for w in ws]
                 for t in range(start, start + chunk_size):
                     y[b, t, h] = mlp_forward(w0, q[b, t, h])[0]
-                    _, grads = loss_and_grad(w0, k[b, t, h], v[b, t, h])
+                    grads = clip(loss_and_grad(w0, k[b, t, h], v[b, t, h])[1], max_grad_norm)
                     for i in range(len(ws)):
                         ss[i] = eta[b, t, h] * ss[i] - theta[b, t, h] * grads[i]
                         ws[i] = (1.0 - alpha[b, t, h]) * ws[i] + ss[i]
@@ -95,7 +106,7 @@ def naive_minibatch_memory(weights, momentum, q, k, v, theta, eta, alpha, chunk_
     return y, out_w, out_s
 
 
-def naive_sequential_memory(weights, momentum, q, k, v, theta, eta, alpha):
+def naive_sequential_memory(weights, momentum, q, k, v, theta, eta, alpha, max_grad_norm=None):
     """The per-token rule: token ``t`` reads ``M_{t-1}(q_t)``, then writes with the gradient at
     ``M_{t-1}``. Arguments and returns as in ``naive_minibatch_memory``."""
     q, k, v, theta, eta, alpha = (np.asarray(x, np.float64) for x in (q, k, v, theta, eta, alpha))
@@ -108,7 +119,7 @@ def naive_sequential_memory(weights, momentum, q, k, v, theta, eta, alpha):
             ws, ss = _as_lists(weights, momentum, b, h)
             for t in range(length):
                 y[b, t, h] = mlp_forward(ws, q[b, t, h])[0]
-                _, grads = loss_and_grad(ws, k[b, t, h], v[b, t, h])
+                grads = clip(loss_and_grad(ws, k[b, t, h], v[b, t, h])[1], max_grad_norm)
                 for i in range(len(ws)):
                     ss[i] = eta[b, t, h] * ss[i] - theta[b, t, h] * grads[i]
                     ws[i] = (1.0 - alpha[b, t, h]) * ws[i] + ss[i]

@@ -37,8 +37,24 @@ Everything is differentiable (second order: through the inner gradient) with res
 ``q, k, v``, the gates and the initial state, and the state goes in and out, so a stream runs
 segment by segment in constant memory: ``neural_memory`` on ``[x1; x2]`` equals running it on
 ``x1`` then on ``x2`` from the returned state (when ``x1``'s length is a multiple of the chunk).
+
+**Stability.** The chunked rule is heavy-ball gradient descent whose ``b`` gradients of a chunk
+are all taken at the chunk start: for a linear memory the chunk applies
+``W <- Q_11 W - 2 sum_l c_l k_l^T (k_l W - v_l)``, a step of ``2 lambda_max(sum_l c_l k_l^T k_l)``
+on the chunk's keys, with ``sum_l c_l`` growing like ``theta b / (1 - eta)`` (up to
+``theta b (b + 1) / 2`` as ``eta -> 1``), and a deep memory's curvature grows with its weights.
+Past about 2 the memory diverges geometrically from chunk to chunk, and the weights overflow
+float32 within a few chunks; this is the rule itself (float64 and the per-token loops of the
+mini-batch definition diverge identically), not rounding, while ``b = 1`` with the same gates
+stays bounded. Keep ``max_lr * b`` small (and smaller still with strong momentum), or pass
+``max_grad_norm``: every token's gradient of every memory layer is clipped to that Frobenius
+norm before it enters the momentum (gradient clipping of the inner loop, as the ``max_grad_norm``
+option of lucidrains/titans-pytorch, which soft-clamps instead). With bounded gradients ``S``
+stays below ``theta max_grad_norm / (1 - eta)`` and, for ``alpha > 0``, ``M`` stays bounded, so
+the state is always finite. It is not the paper's rule, so it is off by default.
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -306,16 +322,62 @@ def chunk_coefficients(theta, eta, alpha):
     return a[..., 0], b[..., 0], e[..., 0], theta * (pa + pb), theta * pe
 
 
-def _chunk_step(state, chunk):
+def _clip_scale(max_grad_norm, *sq_norms):
+    """``min(1, max_grad_norm / ||g||)`` for ``||g|| = prod_j sqrt(sq_norms[j])`` (the squared
+    norms of the factors of an outer product, or one squared norm), factor by factor so that
+    large norms do not overflow; finite derivatives at ``g = 0`` (no square root there)."""
+    limit = jnp.asarray(max_grad_norm, sq_norms[0].dtype)
+    norm = functools.reduce(jnp.multiply, [jnp.sqrt(jax.lax.stop_gradient(x)) for x in sq_norms])
+    over = norm > limit
+    scale = limit
+    for x in sq_norms:
+        scale = scale * jax.lax.rsqrt(jnp.where(over, x, 1.0))
+    return jnp.where(over, scale, 1.0)
+
+
+def _clipped_weighted_grads(weights, k, v, weightings, max_grad_norm):
+    """``sum_l w_l clip(g_{l,i})`` for every memory layer ``i`` and each per-token weighting
+    ``w [B, H, b]`` of ``weightings``, with ``g_{l,i} = grad_{W_i} l(M; k_l, v_l)`` clipped to
+    Frobenius norm ``<= max_grad_norm`` token by token and layer by layer.
+
+    Manual backpropagation through the memory MLP: token ``l``'s gradient of layer ``i`` is the
+    outer product ``h_{i-1,l} (x) delta_{i,l}`` of the layer's input and the loss gradient at its
+    output, so its norm is ``||h_{i-1,l}|| ||delta_{i,l}||`` without forming it.
+    """
+    inputs, pre = [], []
+    h = k
+    for i, w in enumerate(weights):
+        if i:
+            h = jax.nn.silu(pre[-1])
+        inputs.append(h)
+        pre.append(jnp.einsum("bhnd,bhde->bhne", h, w))
+    delta = 2.0 * (pre[-1] - v)  # d l_l / d M(k_l)
+    sums = [[None] * len(weights) for _ in weightings]
+    for i in range(len(weights) - 1, -1, -1):
+        scale = _clip_scale(max_grad_norm, jnp.sum(jnp.square(inputs[i]), -1),
+                            jnp.sum(jnp.square(delta), -1))
+        for out, w_l in zip(sums, weightings):
+            out[i] = jnp.einsum("bhnd,bhn,bhne->bhde", inputs[i], w_l * scale, delta)
+        if i:
+            sig = jax.nn.sigmoid(pre[i - 1])
+            silu_grad = sig * (1.0 + pre[i - 1] * (1.0 - sig))
+            delta = jnp.einsum("bhne,bhde->bhnd", delta, weights[i]) * silu_grad
+    return tuple(tuple(out) for out in sums)
+
+
+def _chunk_step(state, chunk, max_grad_norm=None):
     """One chunk: reads of the chunk-start memory and the end state. Shapes in ``neural_memory``."""
     weights, momentum = state
     q, k, v, theta, eta, alpha = chunk  # [B, H, b, D] x3, [B, H, b] x3
     y = memory_forward(weights, q)
     m_from_m, m_from_s, s_from_s, c, s = chunk_coefficients(theta, eta, alpha)
-    pred, vjp = jax.vjp(lambda ws: memory_forward(ws, k), weights)
-    residual = 2.0 * (pred - v)  # d l_l / d M(k_l)
-    (grad_c,) = vjp(c[..., None] * residual)  # sum_l c_l g_l
-    (grad_s,) = vjp(s[..., None] * residual)  # sum_l s_l g_l
+    if max_grad_norm is None:
+        pred, vjp = jax.vjp(lambda ws: memory_forward(ws, k), weights)
+        residual = 2.0 * (pred - v)  # d l_l / d M(k_l)
+        (grad_c,) = vjp(c[..., None] * residual)  # sum_l c_l g_l
+        (grad_s,) = vjp(s[..., None] * residual)  # sum_l s_l g_l
+    else:
+        grad_c, grad_s = _clipped_weighted_grads(weights, k, v, (c, s), max_grad_norm)
     expand = lambda x: x[..., None, None]
     new_weights = tuple(expand(m_from_m) * w + expand(m_from_s) * sm - gc
                         for w, sm, gc in zip(weights, momentum, grad_c))
@@ -323,7 +385,18 @@ def _chunk_step(state, chunk):
     return MemoryState(new_weights, new_momentum), y
 
 
-def neural_memory(state, q, k, v, theta, eta, alpha, *, chunk_size):
+def check_max_grad_norm(max_grad_norm):
+    """Raises ``ValueError`` unless ``max_grad_norm`` is ``None`` or a positive finite float."""
+    if max_grad_norm is None:
+        return
+    if (isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float))
+            or not math.isfinite(max_grad_norm) or max_grad_norm <= 0):
+        raise ValueError(
+            f"max_grad_norm must be None (no clipping) or a positive finite float, got "
+            f"{max_grad_norm!r}")
+
+
+def neural_memory(state, q, k, v, theta, eta, alpha, *, chunk_size, max_grad_norm=None):
     """Titans' long-term memory over a sequence, chunked (eqs. 12-15 with §3.2's mini-batches).
 
     Args:
@@ -334,6 +407,11 @@ def neural_memory(state, q, k, v, theta, eta, alpha, *, chunk_size):
         alpha: ``[B, T, H]`` forgetting in ``[0, 1]`` (ranges are not checked).
       chunk_size: int ``b >= 1`` dividing ``T``. Inside a chunk every gradient is taken at the
         chunk-start memory; ``b = 1`` is the sequential rule.
+      max_grad_norm: ``None`` (default: the paper's rule, no clipping) or a float ``> 0``:
+        every token's gradient ``grad_{W_i} l(M_{t'}; k_t, v_t)`` of every memory layer ``i`` is
+        clipped to Frobenius norm ``<= max_grad_norm`` before it enters the momentum (module
+        docstring, "Stability"). Applied per token, so ``b = 1`` still equals
+        ``sequential_memory`` with the same ``max_grad_norm``.
 
     Returns:
       ``(y, new_state)``: ``y [B, T, H, D]`` in ``q.dtype`` with ``y_t = M_{t'}(q_t)``, ``M_{t'}``
@@ -343,6 +421,7 @@ def neural_memory(state, q, k, v, theta, eta, alpha, *, chunk_size):
     """
     batch, seq_len, heads, dim = check_memory_inputs(q, k, v, theta, eta, alpha)
     check_chunk_size(seq_len, chunk_size)
+    check_max_grad_norm(max_grad_norm)
     check_memory_state(state, batch, heads, dim)
     dtype = state_dtype(q.dtype)
     num_chunks = seq_len // chunk_size
@@ -358,34 +437,42 @@ def neural_memory(state, q, k, v, theta, eta, alpha, *, chunk_size):
         return jnp.transpose(g, (1, 0, 3, 2))
 
     chunks = (tokens(q), tokens(k), tokens(v), gates(theta), gates(eta), gates(alpha))
-    new_state, y = jax.lax.scan(_chunk_step, state, chunks)
+    step = functools.partial(_chunk_step, max_grad_norm=max_grad_norm)
+    new_state, y = jax.lax.scan(step, state, chunks)
     y = jnp.transpose(y, (1, 0, 3, 2, 4)).reshape(batch, seq_len, heads, dim)
     return y.astype(q.dtype), new_state
 
 
-def memory_step(state, q, k, v, theta, eta, alpha):
+def memory_step(state, q, k, v, theta, eta, alpha, *, max_grad_norm=None):
     """One token of the sequential rule: read ``y = M_{t-1}(q)``, then write ``(k, v)``.
 
     ``q, k, v [B, H, D]``, gates ``[B, H]``, ``state`` as in ``neural_memory`` (already in the
-    state dtype). Returns ``(y [B, H, D], new_state)``; ``y`` in the state dtype.
+    state dtype); ``max_grad_norm`` as in ``neural_memory``. Returns ``(y [B, H, D],
+    new_state)``; ``y`` in the state dtype.
     """
     weights, momentum = state
     q, k, v = (x.astype(weights[0].dtype)[:, :, None] for x in (q, k, v))
     y = memory_forward(weights, q)[:, :, 0]
     grads = jax.grad(lambda ws: jnp.sum(associative_loss(ws, k, v)))(weights)
+    if max_grad_norm is not None:
+        grads = tuple(
+            g * _clip_scale(max_grad_norm, jnp.sum(jnp.square(g), (-2, -1)))[..., None, None]
+            for g in grads)
     expand = lambda x: x.astype(weights[0].dtype)[..., None, None]
     new_momentum = tuple(expand(eta) * sm - expand(theta) * g for sm, g in zip(momentum, grads))
     new_weights = tuple((1.0 - expand(alpha)) * w + sm for w, sm in zip(weights, new_momentum))
     return y, MemoryState(new_weights, new_momentum)
 
 
-def sequential_memory(state, q, k, v, theta, eta, alpha):
+def sequential_memory(state, q, k, v, theta, eta, alpha, *, max_grad_norm=None):
     """The per-token rule (eqs. 12-15) as a ``jax.lax.scan`` over tokens, for decoding and as a
-    cross-check of ``neural_memory(..., chunk_size=1)``, which it equals.
+    cross-check of ``neural_memory(..., chunk_size=1)``, which it equals (with the same
+    ``max_grad_norm``).
 
     Arguments and returns as in ``neural_memory``.
     """
     batch, _, heads, dim = check_memory_inputs(q, k, v, theta, eta, alpha)
+    check_max_grad_norm(max_grad_norm)
     check_memory_state(state, batch, heads, dim)
     dtype = state_dtype(q.dtype)
     state = MemoryState(tuple(w.astype(dtype) for w in state.weights),
@@ -393,7 +480,7 @@ def sequential_memory(state, q, k, v, theta, eta, alpha):
     xs = tuple(jnp.swapaxes(x, 0, 1) for x in (q, k, v, theta, eta, alpha))
 
     def step(carry, x):
-        y, new = memory_step(carry, *x)
+        y, new = memory_step(carry, *x, max_grad_norm=max_grad_norm)
         return new, y
 
     new_state, y = jax.lax.scan(step, state, xs)

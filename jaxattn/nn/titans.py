@@ -49,8 +49,8 @@ from flax import nnx
 
 from jaxattn.attention import core
 from jaxattn.attention.rope import apply_rope
-from jaxattn.attention.titans import (MemoryState, init_memory_state, init_memory_weights,
-                                      memory_forward, neural_memory)
+from jaxattn.attention.titans import (MemoryState, check_max_grad_norm, init_memory_state,
+                                      init_memory_weights, memory_forward, neural_memory)
 from jaxattn.nn.attention import Attention, AttentionSpec
 from jaxattn.nn.init import logical_param, partitioned
 from jaxattn.nn.layers import RMSNorm, SwiGLU
@@ -242,11 +242,15 @@ class NeuralMemory(nnx.Module):
       conv_kernel: kernel of the causal depthwise convolutions after ``W_Q, W_K, W_V``.
       init_gates: initial ``(theta / max_lr, eta, alpha)`` values set through the gate biases
         (our choice: ``(0.5, 0.9, 0.02)``, a slowly forgetting memory with strong momentum).
+      max_grad_norm: ``None`` (the paper's rule) or a float ``> 0``: clip every token's gradient
+        of every memory layer to this Frobenius norm before it enters the momentum
+        (``neural_memory``; a guard against the chunked update diverging).
     """
 
     def __init__(self, embed_dim: int, *, num_heads: int, head_dim: int, chunk_size: int,
                  depth: int = 2, hidden: int | None = None, max_lr: float = 0.1,
-                 conv_kernel: int = 4, init_gates=(0.5, 0.9, 0.02), rngs: nnx.Rngs,
+                 conv_kernel: int = 4, init_gates=(0.5, 0.9, 0.02),
+                 max_grad_norm: float | None = None, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
         for name, value, minimum in (("embed_dim", embed_dim, 1), ("num_heads", num_heads, 1),
                                      ("head_dim", head_dim, 1), ("chunk_size", chunk_size, 1),
@@ -259,6 +263,8 @@ class NeuralMemory(nnx.Module):
             raise ValueError(f"max_lr must be a positive finite float, got {max_lr!r}")
         if len(init_gates) != 3 or not all(0.0 < g < 1.0 for g in init_gates):
             raise ValueError(f"init_gates must be three floats in (0, 1), got {init_gates!r}")
+        check_max_grad_norm(max_grad_norm)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.chunk_size, self.depth, self.hidden = chunk_size, depth, hidden
         self.max_lr, self.conv_kernel, self.dtype = float(max_lr), conv_kernel, dtype
@@ -349,7 +355,7 @@ class NeuralMemory(nnx.Module):
         eta = jax.nn.sigmoid(self.eta(x32))
         alpha = jax.nn.sigmoid(self.alpha(x32))
         y, memory = neural_memory(state.memory, q, k, v, theta, eta, alpha,
-                                  chunk_size=self.chunk_size)
+                                  chunk_size=self.chunk_size, max_grad_norm=self.max_grad_norm)
         return self._output(y, x), NeuralMemoryState(memory, self._new_history(history, x))
 
     def retrieve(self, x: jnp.ndarray, memory: MemoryState, history: jnp.ndarray):
@@ -402,8 +408,8 @@ _MEMORY_ARGS = """
       chunk_size: memory mini-batch ``b``.
       memory_heads, memory_head_dim: heads and head dimension of the memory (default: those of
         the attention).
-      memory_depth, memory_hidden, max_lr, conv_kernel: ``NeuralMemory``'s ``depth``,
-        ``hidden``, ``max_lr``, ``conv_kernel``.
+      memory_depth, memory_hidden, max_lr, conv_kernel, max_grad_norm: ``NeuralMemory``'s
+        ``depth``, ``hidden``, ``max_lr``, ``conv_kernel``, ``max_grad_norm``.
       mlp_dim: width of a SwiGLU MLP sub-block after the mixer; ``None`` for none.
       rope_base: RoPE base of the attention.
 """
@@ -434,7 +440,8 @@ class MACBlock(_TitansBlock):
                  chunk_size: int, num_kv_heads: int | None = None, num_persistent: int = 4,
                  memory_heads: int | None = None, memory_head_dim: int | None = None,
                  memory_depth: int = 2, memory_hidden: int | None = None, max_lr: float = 0.1,
-                 conv_kernel: int = 4, mlp_dim: int | None = None, rope_base: float = 10_000.0,
+                 conv_kernel: int = 4, max_grad_norm: float | None = None,
+                 mlp_dim: int | None = None, rope_base: float = 10_000.0,
                  rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         _check_int("segment_len", segment_len, 1)
         _check_int("chunk_size", chunk_size, 1)
@@ -450,7 +457,8 @@ class MACBlock(_TitansBlock):
         self.memory = NeuralMemory(
             embed_dim, num_heads=memory_heads or num_heads, head_dim=memory_head_dim or head_dim,
             chunk_size=chunk_size, depth=memory_depth, hidden=memory_hidden, max_lr=max_lr,
-            conv_kernel=conv_kernel, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+            conv_kernel=conv_kernel, max_grad_norm=max_grad_norm, rngs=rngs, dtype=dtype,
+            param_dtype=param_dtype)
         self.gate_norm = RMSNorm(embed_dim, param_dtype=param_dtype)
 
     def init_state(self, batch: int) -> MACState:
@@ -503,7 +511,8 @@ class _WindowBlock(_TitansBlock):
                  num_persistent: int = 4, memory_heads: int | None = None,
                  memory_head_dim: int | None = None, memory_depth: int = 2,
                  memory_hidden: int | None = None, max_lr: float = 0.1, conv_kernel: int = 4,
-                 mlp_dim: int | None = None, rope_base: float = 10_000.0, rngs: nnx.Rngs,
+                 max_grad_norm: float | None = None, mlp_dim: int | None = None,
+                 rope_base: float = 10_000.0, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
         _check_int("window", window, 1)
         _check_int("chunk_size", chunk_size, 1)
@@ -522,7 +531,8 @@ class _WindowBlock(_TitansBlock):
         self.memory = NeuralMemory(
             embed_dim, num_heads=memory_heads or num_heads, head_dim=memory_head_dim or head_dim,
             chunk_size=chunk_size, depth=memory_depth, hidden=memory_hidden, max_lr=max_lr,
-            conv_kernel=conv_kernel, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+            conv_kernel=conv_kernel, max_grad_norm=max_grad_norm, rngs=rngs, dtype=dtype,
+            param_dtype=param_dtype)
 
     def init_state(self, batch: int) -> WindowState:
         past = max(self.window - 1, 1)
@@ -643,18 +653,20 @@ class LMMBlock(_TitansBlock):
     Args:
       embed_dim: ``d_model``; num_heads, head_dim: the memory's heads.
       chunk_size: memory mini-batch ``b``; ``T`` must be a multiple.
-      depth, hidden, max_lr, conv_kernel: ``NeuralMemory``'s.
+      depth, hidden, max_lr, conv_kernel, max_grad_norm: ``NeuralMemory``'s.
       mlp_dim: width of a SwiGLU MLP sub-block; ``None`` for none.
     """
 
     def __init__(self, embed_dim: int, *, num_heads: int, head_dim: int, chunk_size: int,
                  depth: int = 2, hidden: int | None = None, max_lr: float = 0.1,
-                 conv_kernel: int = 4, mlp_dim: int | None = None, rngs: nnx.Rngs,
+                 conv_kernel: int = 4, max_grad_norm: float | None = None,
+                 mlp_dim: int | None = None, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
         self._init_common(embed_dim, mlp_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.memory = NeuralMemory(embed_dim, num_heads=num_heads, head_dim=head_dim,
                                    chunk_size=chunk_size, depth=depth, hidden=hidden,
-                                   max_lr=max_lr, conv_kernel=conv_kernel, rngs=rngs, dtype=dtype,
+                                   max_lr=max_lr, conv_kernel=conv_kernel,
+                                   max_grad_norm=max_grad_norm, rngs=rngs, dtype=dtype,
                                    param_dtype=param_dtype)
 
     def init_state(self, batch: int) -> NeuralMemoryState:
@@ -709,6 +721,8 @@ class TitansConfig:
       memory_heads, memory_head_dim: memory heads and dimension (default: the attention's).
       max_lr: largest memory step size ``theta``.
       conv_kernel: kernel of the memory's causal depthwise convolutions.
+      max_grad_norm: ``None`` (default, the paper's rule) or a float ``> 0``: clip every token's
+        inner-loop gradient of every memory layer to this Frobenius norm (``neural_memory``).
 
     Defaults (our choice) favour a stable memory: the chunked update is heavy-ball gradient
     descent with every gradient of a chunk taken at the chunk's start, so ``b`` similar keys
@@ -716,6 +730,8 @@ class TitansConfig:
     grows with its weights. On the byte corpus, chunks of 16 or ``max_lr=0.1`` let some
     layers' memories diverge within a few training steps (non-finite gradients, while the
     output normalisation still hid it in the loss); chunks of 8 with ``max_lr=0.01`` did not.
+    The divergence is the chunked rule's, not rounding (``jaxattn.attention.titans``,
+    "Stability"); ``max_grad_norm`` bounds it when larger chunks or step sizes are wanted.
     """
 
     arch: str
@@ -729,6 +745,7 @@ class TitansConfig:
     memory_head_dim: int | None = None
     max_lr: float = 0.01
     conv_kernel: int = 4
+    max_grad_norm: float | None = None
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -757,6 +774,10 @@ class TitansConfig:
                 and math.isfinite(self.max_lr) and self.max_lr > 0):
             raise ValueError(f"model.titans.max_lr must be a positive finite float, got "
                              f"{self.max_lr!r}")
+        try:
+            check_max_grad_norm(self.max_grad_norm)
+        except ValueError as e:
+            raise ValueError(f"model.titans.{e}") from None
         if self.arch == "lmm":
             for name in ("segment_len", "window", "num_persistent"):
                 unused(name)
@@ -813,7 +834,8 @@ def make_block(titans: TitansConfig, *, embed_dim: int, num_heads: int, num_kv_h
     if not isinstance(titans, TitansConfig):
         raise ValueError(f"titans must be a TitansConfig, got {type(titans).__name__}")
     common = dict(mlp_dim=mlp_dim, max_lr=titans.max_lr, conv_kernel=titans.conv_kernel,
-                  rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                  max_grad_norm=titans.max_grad_norm, rngs=rngs, dtype=dtype,
+                  param_dtype=param_dtype)
     if titans.arch == "lmm":
         return LMMBlock(embed_dim, num_heads=titans.memory_heads or num_heads,
                         head_dim=titans.memory_head_dim or head_dim,

@@ -22,15 +22,22 @@ FEW = settings(max_examples=5, deadline=None)
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(chunk_size):
-    return fast_jit(functools.partial(neural_memory, chunk_size=chunk_size))
+def _compiled(chunk_size, max_grad_norm=None):
+    return fast_jit(functools.partial(neural_memory, chunk_size=chunk_size,
+                                      max_grad_norm=max_grad_norm))
 
 
-def run_memory(state, q, k, v, theta, eta, alpha, *, chunk_size):
-    return _compiled(chunk_size)(state, q, k, v, theta, eta, alpha)
+def run_memory(state, q, k, v, theta, eta, alpha, *, chunk_size, max_grad_norm=None):
+    return _compiled(chunk_size, max_grad_norm)(state, q, k, v, theta, eta, alpha)
 
 
-run_sequential = fast_jit(sequential_memory)
+@functools.lru_cache(maxsize=None)
+def _compiled_sequential(max_grad_norm=None):
+    return fast_jit(functools.partial(sequential_memory, max_grad_norm=max_grad_norm))
+
+
+def run_sequential(*args, max_grad_norm=None):
+    return _compiled_sequential(max_grad_norm)(*args)
 
 
 @st.composite
@@ -292,15 +299,133 @@ def test_chunk_coefficients_closed_form():
         assert np.isclose(s[l], theta[l] * np.prod(eta[l + 1:]))
 
 
+# Stability: large chunks, and inner-loop gradient clipping (max_grad_norm).
+
+def _diverging_case(chunk_size, num_chunks=4, seed=0):
+    """MAC-like inputs that make the chunked rule diverge: unit keys around one direction,
+    small values, theta = 0.05, eta = 0.9, alpha = 0.02 (the gates of a NeuralMemory with
+    max_lr = 0.1 at initialisation). A chunk of b such keys acts as one gradient step of about
+    2 * sum_l c_l ~ 2 * 0.05 * b * (1 + 9 (1 - ...)), far past the stable 2 for b >= 8."""
+    rng = np.random.default_rng(seed)
+    b, h, d, hidden, t = 1, 2, 8, 16, chunk_size * num_chunks
+    weights = [rng.normal(size=(b, h, d, hidden)) / np.sqrt(d),
+               rng.normal(size=(b, h, hidden, d)) / np.sqrt(hidden)]
+    momentum = [np.zeros_like(w) for w in weights]
+    k = rng.normal(size=(1, 1, h, d)) + 0.3 * rng.normal(size=(b, t, h, d))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    q = rng.normal(size=(b, t, h, d))
+    v = 0.05 * rng.normal(size=(b, t, h, d))
+    gates = [np.full((b, t, h), g) for g in (0.05, 0.9, 0.02)]
+    return weights, momentum, q, k, v, *gates
+
+
+def _max_abs(ws):
+    return max(float(np.max(np.abs(np.asarray(w)))) for w in ws)
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32])
+def test_large_chunks_diverge_by_the_rule_not_by_rounding(chunk_size):
+    """The chunked rule itself diverges on these inputs (the per-token loops of the mini-batch
+    definition in float64 do too, and the float32 and float64 chunked forms follow them),
+    while the sequential rule on the same inputs stays bounded: no numerical bug to fix."""
+    inputs = _diverging_case(chunk_size)
+    _, w_ref, s_ref = naive_minibatch_memory(*inputs, chunk_size)
+    _, w_seq, _ = naive_sequential_memory(*inputs)
+    assert _max_abs(w_ref) > 1e6
+    assert _max_abs(w_seq) < 1.0
+    with jax.enable_x64(True):
+        _, state = run_memory(*to_jax(*inputs), chunk_size=chunk_size)
+        for got, want in zip(state.weights + state.momentum, w_ref + s_ref):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-8,
+                                       atol=1e-8 * np.max(np.abs(want)))
+    _, state = run_memory(*to_jax(*inputs, dtype=jnp.float32), chunk_size=chunk_size)
+    for got, want in zip(state.weights, w_ref):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3,
+                                   atol=1e-4 * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_max_grad_norm_keeps_large_chunks_finite(chunk_size, dtype):
+    """Regression (NaN loss of titans_mac with memory chunks of 16): with every token's
+    inner-loop gradient clipped, the same inputs give a bounded, finite memory equal to the
+    clipped float64 mini-batch oracle."""
+    inputs = _diverging_case(chunk_size)
+    _, w_ref, s_ref = naive_minibatch_memory(*inputs, chunk_size, max_grad_norm=0.5)
+    assert _max_abs(w_ref) < 10.0
+    with jax.enable_x64(dtype == jnp.float64):
+        y, state = run_memory(*to_jax(*inputs, dtype=dtype), chunk_size=chunk_size,
+                              max_grad_norm=0.5)
+        assert bool(jnp.all(jnp.isfinite(y)))
+        tol = 1e-10 if dtype == jnp.float64 else 1e-4
+        assert_state_close(state, w_ref, s_ref, tol)
+
+
+@SETTINGS
+@given(memory_cases(), st.sampled_from([0.05, 0.3, 2.0]))
+def test_clipped_chunked_matches_clipped_minibatch_oracle(case, max_grad_norm):
+    inputs = make_inputs(case)
+    y_ref, w_ref, s_ref = naive_minibatch_memory(*inputs, case["chunk_size"],
+                                                 max_grad_norm=max_grad_norm)
+    with jax.enable_x64(True):
+        y, state = run_memory(*to_jax(*inputs), chunk_size=case["chunk_size"],
+                              max_grad_norm=max_grad_norm)
+        assert_close(y, y_ref)
+        assert_state_close(state, w_ref, s_ref)
+
+
+@SETTINGS
+@given(memory_cases(max_chunk=1, max_chunks=6))
+def test_clipped_chunk_one_matches_clipped_sequential(case):
+    inputs = make_inputs(case)
+    y_ref, w_ref, s_ref = naive_sequential_memory(*inputs, max_grad_norm=0.3)
+    with jax.enable_x64(True):
+        args = to_jax(*inputs)
+        y, state = run_memory(*args, chunk_size=1, max_grad_norm=0.3)
+        assert_close(y, y_ref)
+        assert_state_close(state, w_ref, s_ref)
+        y_seq, state_seq = run_sequential(*args, max_grad_norm=0.3)
+        assert_close(y_seq, y_ref)
+        assert_state_close(state_seq, w_ref, s_ref)
+
+
+def test_huge_max_grad_norm_is_the_unclipped_rule():
+    """A bound no gradient reaches gives the paper's rule (the manual backward pass of the
+    clipped path equals the vector-Jacobian product of the default path)."""
+    inputs = _extreme_case(6, depth=3, chunk_size=3)
+    with jax.enable_x64(True):
+        args = to_jax(*inputs)
+        y, state = run_memory(*args, chunk_size=3)
+        y2, state2 = run_memory(*args, chunk_size=3, max_grad_norm=1e300)
+        assert_close(y2, y, 1e-13)
+        assert_state_close(state2, state.weights, state.momentum, 1e-13)
+
+
+def test_clipped_gradients_finite_at_zero_gradient():
+    """Zero keys and values with a memory mapping 0 to 0: every token's inner gradient is 0, where
+    the norm has no derivative; the outer gradients stay finite."""
+    weights, momentum, q, k, v, theta, eta, alpha = _extreme_case(7, chunk_size=2)
+
+    def loss(args):
+        y, state = neural_memory(*args, chunk_size=2, max_grad_norm=0.1)
+        return jnp.sum(y ** 2) + sum(jnp.sum(w ** 2) for w in state.weights + state.momentum)
+
+    args = to_jax(weights, momentum, q, np.zeros_like(k), np.zeros_like(v), theta, eta, alpha,
+                  dtype=jnp.float32)
+    grads = fast_jit(jax.grad(loss))(args)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
 # Gradients.
 
-def _objective(params, probes, chunk_size):
+def _objective(params, probes, chunk_size, max_grad_norm=None):
     """A scalar touching y and the final state, from initial [H, d_in, d_out] weights."""
     init_w, init_s, q, k, v, theta, eta, alpha = params
     batch = q.shape[0]
     state = init_memory_state(init_w, batch)
     state = MemoryState(state.weights, tuple(init_s))
-    y, new = neural_memory(state, q, k, v, theta, eta, alpha, chunk_size=chunk_size)
+    y, new = neural_memory(state, q, k, v, theta, eta, alpha, chunk_size=chunk_size,
+                           max_grad_norm=max_grad_norm)
     y_probe, w_probe, s_probe = probes
     total = jnp.sum(y * y_probe)
     total += sum(jnp.sum(w * p) for w, p in zip(new.weights, w_probe))
@@ -308,8 +433,10 @@ def _objective(params, probes, chunk_size):
     return total
 
 
-@pytest.mark.parametrize("depth,chunk_size", [(1, 1), (1, 3), (2, 1), (2, 2), (3, 3)])
-def test_gradients_match_finite_differences(depth, chunk_size):
+@pytest.mark.parametrize("depth,chunk_size,max_grad_norm", [
+    (1, 1, None), (1, 3, None), (2, 1, None), (2, 2, None), (3, 3, None), (1, 3, 0.7),
+    (2, 2, 0.7), (3, 1, 0.7)])
+def test_gradients_match_finite_differences(depth, chunk_size, max_grad_norm):
     rng = np.random.default_rng(10 * depth + chunk_size)
     batch, heads, dim, hidden, t = 2, 2, 3, 4, 2 * chunk_size
     dims = layer_dims(dim, depth, hidden)
@@ -328,9 +455,10 @@ def test_gradients_match_finite_differences(depth, chunk_size):
     with jax.enable_x64(True):
         params = jax.tree.map(jnp.asarray, params)
         probes = jax.tree.map(jnp.asarray, probes)
-        f = fast_jit(functools.partial(_objective, probes=probes, chunk_size=chunk_size))
-        grads = fast_jit(jax.grad(functools.partial(_objective, probes=probes,
-                                                    chunk_size=chunk_size)))(params)
+        objective = functools.partial(_objective, probes=probes, chunk_size=chunk_size,
+                                      max_grad_norm=max_grad_norm)
+        f = fast_jit(objective)
+        grads = fast_jit(jax.grad(objective))(params)
         eps = 1e-5
         for index, name in enumerate(names):
             for trial in range(2):
@@ -443,6 +571,11 @@ BAD_CALLS = [
     ("weights[1]", lambda: init_memory_state((jnp.ones((2, 3, 4)), jnp.ones((2, 5, 3))), 2)),
     ("q", lambda: memory_retrieve(_valid()[0].weights, jnp.ones((2, 3)))),
     ("theta", lambda: sequential_memory(*_replace(4, jnp.ones((2, 4, 1))))),
+    ("max_grad_norm", lambda: neural_memory(*_valid(), chunk_size=2, max_grad_norm=0.0)),
+    ("max_grad_norm", lambda: neural_memory(*_valid(), chunk_size=2, max_grad_norm=-1.0)),
+    ("max_grad_norm", lambda: neural_memory(*_valid(), chunk_size=2, max_grad_norm=np.inf)),
+    ("max_grad_norm", lambda: neural_memory(*_valid(), chunk_size=2, max_grad_norm=True)),
+    ("max_grad_norm", lambda: sequential_memory(*_valid(), max_grad_norm=float("nan"))),
 ]
 
 

@@ -219,6 +219,24 @@ def test_neural_memory_state_is_float32_for_bfloat16():
     assert [w.shape for w in state.memory.weights] == [(2, 2, 4, 16), (2, 2, 16, 4)]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_max_grad_norm_reaches_the_memory(kind):
+    """Every block passes ``max_grad_norm`` to its memory: a bound no gradient reaches gives
+    the default outputs, a tiny one changes them (a memory written with tiny steps)."""
+    x = inputs(11, 8)
+    base = run_fresh(block(kind, 2), x)[0]
+    params = nnx.state(block(kind, 2))
+
+    def with_bound(bound):
+        module = build(kind, 2, max_grad_norm=bound)
+        nnx.update(module, params)
+        return run_fresh(module, x)[0]
+
+    np.testing.assert_allclose(np.asarray(with_bound(1e30)), np.asarray(base), rtol=1e-5,
+                               atol=1e-5)
+    assert not np.allclose(np.asarray(with_bound(1e-6)), np.asarray(base), rtol=1e-4, atol=1e-4)
+
+
 BAD = [
     ("sequence length 6 is not a positive multiple of segment_len=4",
      lambda: block("mac")(inputs(0, 6))),
@@ -234,6 +252,8 @@ BAD = [
                                     rngs=nnx.Rngs(0))),
     ("depth", lambda: NeuralMemory(EMBED, num_heads=2, head_dim=4, chunk_size=2, depth=0,
                                    rngs=nnx.Rngs(0))),
+    ("max_grad_norm", lambda: NeuralMemory(EMBED, num_heads=2, head_dim=4, chunk_size=2,
+                                           max_grad_norm=0.0, rngs=nnx.Rngs(0))),
 ]
 
 

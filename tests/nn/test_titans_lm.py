@@ -246,6 +246,8 @@ def test_stream_errors():
     (dict(arch="lmm", num_persistent=2), r"num_persistent is not used by arch 'lmm'"),
     (dict(arch="mal", window=4, max_lr=0.0), r"max_lr must be a positive finite float"),
     (dict(arch="mag", window=4, chunk_size=0), r"chunk_size must be a positive int"),
+    (dict(arch="lmm", max_grad_norm=-1.0), r"model.titans.max_grad_norm must be None \(no "
+                                          r"clipping\) or a positive finite float"),
 ])
 def test_bad_titans_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -83,6 +83,16 @@ def test_titans_config_archs_and_unknown_arch():
     assert all(value is None for value in smoke_config().model.titans.values())
 
 
+def test_titans_max_grad_norm_reaches_the_model_config():
+    from configs import titans
+    from jaxattn.training import builders
+    config = titans.get_config("arch=mac,smoke")
+    assert builders.titans_config(config).max_grad_norm is None  # the paper's rule by default
+    config.unlock()
+    config.model.titans.max_grad_norm = 0.5
+    assert builders.titans_config(config).max_grad_norm == 0.5
+
+
 @pytest.mark.parametrize("overrides,match", [
     ({"model__titans__window": 8}, r"model.titans.window set but model.titans.arch is not"),
     ({"model__titans__arch": "mac"}, r"model.titans.segment_len must be a positive int "
