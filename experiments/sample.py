@@ -6,8 +6,8 @@ r"""Samples text from a trained checkpoint.
 
 Loads the latest checkpoint in ``--workdir`` (the config must be the one the run trained
 with), builds the model's decoder with ``jaxattn.inference.make_decoder`` (KV caches for
-dense, SSMax, local and LSG models, retrieval for landmark models, the memory stream for
-Titans models; routing models have none), encodes the prompt (``--prompt``, or the text of
+dense, SSMax, local, LSG and routing models, retrieval for landmark models, the memory
+stream for Titans models), encodes the prompt (``--prompt``, or the text of
 ``--prompt_file``) with the run's tokenizer and prints ``--num_samples`` continuations, drawn
 together as one batch. ``--temperature=0`` is greedy. A continuation stops at the first EOS
 token. Runs on the first device.

@@ -26,6 +26,16 @@ each kind, restricted to what a causal query can see):
   ``lsg.py``'s compression from the cached ordinary keys (those windows lie entirely left of
   block ``b-1``, so they are complete). ``bos_pooling`` reads the query of the first ordinary
   token, which ``write_chunk`` keeps in ``KVCache.bos_query``.
+- ``routing`` (causal, ``assignment="argmax"`` only): ``write_chunk`` stores each slot's
+  cluster per routing head in ``KVCache.clusters``, the nearest centroid of the layer-normed
+  query after RoPE (``chunk_clusters``; with shared QK that query is also the key), as the
+  full forward routes it. A routing head's query in slot ``p`` of cluster ``c`` sees the
+  slots ``j <= p`` of cluster ``c`` with fewer than ``w = cluster_size`` slots of cluster
+  ``c`` in ``(j, p]``: the ``w`` most recent members of its cluster, itself included. The
+  first ``local_heads`` heads follow the ``local`` rule (``block_size``). ``cluster_size``
+  must be known: its default ``T // num_clusters`` depends on the sequence length ``T``, so
+  ``cached_attention_for(..., seq_len=T)`` resolves it (the model passes its ``train_len``),
+  and the cache then equals the full forward of any length with that same window.
 
 ``softmax="ssmax"`` multiplies the logits of each query by ``s_h * log(n)``, ``n`` the number
 of keys it sees under these rules, as in ``ssmax.py``. Logits and softmax statistics are
@@ -43,9 +53,10 @@ import numpy as np
 from jaxattn.attention import core
 from jaxattn.attention import lsg as lsg_lib
 from jaxattn.attention import registry
+from jaxattn.attention import routing as routing_lib
 from jaxattn.attention import ssmax as ssmax_lib
 
-DECODABLE_KINDS = ("dense", "ssmax", "local", "lsg")
+DECODABLE_KINDS = ("dense", "ssmax", "local", "lsg", "routing")
 
 
 class KVCache(NamedTuple):
@@ -56,12 +67,16 @@ class KVCache(NamedTuple):
     length: int32 scalar, the filled slots ``[0, length)``.
     bos_query: ``[B, H, D]`` query (after RoPE) of the first ordinary token, read by LSG's
       ``bos_pooling``; ``[B, 0, D]`` when not needed.
+    clusters: int32 ``[B, capacity, H_r]``, the cluster of every slot for each of routing's
+      ``H_r = H - local_heads`` routing heads; ``[B, capacity, 0]`` (``init_cache``'s default)
+      or ``None`` for other kinds.
     """
 
     keys: jax.Array
     values: jax.Array
     length: jax.Array
     bos_query: jax.Array
+    clusters: jax.Array | None = None
 
     @property
     def capacity(self) -> int:
@@ -70,11 +85,21 @@ class KVCache(NamedTuple):
 
 def check_decodable(kind: str, options) -> None:
     """``ValueError`` unless attention ``kind`` with ``options`` can decode from a cache:
-    a causal dense, ssmax, local or LSG kind."""
+    a causal dense, ssmax, local, LSG or routing (``assignment="argmax"``) kind."""
     registry.get_variant(kind)  # unknown kinds list the valid ones
     if kind not in DECODABLE_KINDS:
         raise ValueError(f"attention kind {kind!r} has no KV-cache decoding; kinds with one: "
                          f"{', '.join(DECODABLE_KINDS)}")
+    if kind == "routing":
+        causal = getattr(options, "causal", True)
+        assignment = getattr(options, "assignment", None) or ("argmax" if causal else
+                                                              "balanced")
+        if not causal or assignment != "argmax":
+            raise ValueError(
+                f"routing attention decodes from a KV cache only when causal with "
+                f"assignment='argmax', got causal={causal}, assignment={assignment!r}: balanced "
+                f"clusters take each centroid's top-k over the whole sequence, and a "
+                f"bidirectional query reads keys that do not exist yet")
     if not getattr(options, "causal", True):
         raise ValueError(f"causal must be True to decode attention kind {kind!r} from a cache "
                          f"(a bidirectional query reads keys that do not exist yet)")
@@ -86,20 +111,40 @@ def needs_bos_query(kind: str, options) -> bool:
         options.sparse_block_size > 0
 
 
+def cluster_heads(kind: str, options, num_heads: int) -> int:
+    """Heads whose slot clusters the cache keeps: ``num_heads - local_heads`` for routing,
+    else 0."""
+    if kind != "routing":
+        return 0
+    return num_heads - options.local_heads
+
+
+def chunk_clusters(q: jax.Array, centroids: jax.Array, *, local_heads: int = 0) -> jax.Array:
+    """Routing clusters of a chunk, int32 ``[B, C, H - local_heads]``: the nearest centroid
+    (``centroids [H - local_heads, num_clusters, D]``) of each routing head's layer-normed
+    query ``q [B, C, H, D]`` (after RoPE), as ``routing.py``'s argmax assignment routes it."""
+    return routing_lib.assign_clusters(
+        routing_lib.normalize_for_routing(q[:, :, local_heads:]), centroids)
+
+
 def init_cache(batch: int, capacity: int, num_kv_heads: int, head_dim: int, *,
-               dtype=jnp.float32, bos_heads: int = 0) -> KVCache:
+               dtype=jnp.float32, bos_heads: int = 0, cluster_heads: int = 0) -> KVCache:
     """An empty cache: zeros ``[batch, capacity, num_kv_heads, head_dim]``, ``length = 0``.
 
     ``bos_heads``: query heads of ``bos_query`` (``H`` for LSG ``bos_pooling``, else 0).
+    ``cluster_heads``: routing heads whose slot clusters the cache keeps (``cluster_heads``
+    of the layer's kind; 0 for other kinds).
     """
     for name, value in (("batch", batch), ("capacity", capacity),
                         ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
         core.check_positive_int(name, value)
     core.check_int("bos_heads", bos_heads, minimum=0)
+    core.check_int("cluster_heads", cluster_heads, minimum=0)
     shape = (batch, capacity, num_kv_heads, head_dim)
     return KVCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
                    length=jnp.zeros((), jnp.int32),
-                   bos_query=jnp.zeros((batch, bos_heads, head_dim), dtype))
+                   bos_query=jnp.zeros((batch, bos_heads, head_dim), dtype),
+                   clusters=jnp.zeros((batch, capacity, cluster_heads), jnp.int32))
 
 
 def _concrete(x):
@@ -118,8 +163,12 @@ def _check_cache(cache):
                          f"head_dim], got {cache.keys.shape} and {cache.values.shape}")
 
 
+def _num_cluster_heads(cache):
+    return 0 if cache.clusters is None else cache.clusters.shape[-1]
+
+
 def write_chunk(cache: KVCache, k: jax.Array, v: jax.Array, *, q: jax.Array | None = None,
-                num_global_tokens: int = 0) -> KVCache:
+                num_global_tokens: int = 0, clusters: jax.Array | None = None) -> KVCache:
     """Writes a chunk's keys/values to slots ``[length, length + C)``; ``length`` unchanged.
 
     Args:
@@ -129,6 +178,8 @@ def write_chunk(cache: KVCache, k: jax.Array, v: jax.Array, *, q: jax.Array | No
         ``bos_query``, which takes the query of slot ``num_global_tokens`` when the chunk
         holds it.
       num_global_tokens: LSG's ``G`` (slots ``[0, G)`` are global tokens).
+      clusters: int ``[B, C, H_r]`` the chunk's routing clusters (``chunk_clusters``);
+        required when the cache keeps clusters (routing), ignored otherwise.
 
     ``ValueError`` naming ``k`` when the chunk cannot fit (checked when ``length`` is known
     at trace time; under ``jit`` the caller keeps ``length + C <= capacity``).
@@ -164,7 +215,18 @@ def write_chunk(cache: KVCache, k: jax.Array, v: jax.Array, *, q: jax.Array | No
         row = jax.lax.dynamic_index_in_dim(q, jnp.clip(offset, 0, chunk - 1), axis=1,
                                            keepdims=False)
         bos = jnp.where(inside, row.astype(bos.dtype), bos)
-    return cache._replace(keys=keys, values=values, bos_query=bos)
+    slot_clusters = cache.clusters
+    if _num_cluster_heads(cache):
+        expected = (batch, chunk, slot_clusters.shape[2])
+        if clusters is None:
+            raise ValueError("clusters is required: this cache keeps the routing cluster of "
+                             "every slot (chunk_clusters)")
+        if getattr(clusters, "shape", None) != expected:
+            raise ValueError(f"clusters must be [batch, chunk, routing_heads] = "
+                             f"{list(expected)}, got shape {getattr(clusters, 'shape', None)}")
+        slot_clusters = jax.lax.dynamic_update_slice(
+            slot_clusters, clusters.astype(jnp.int32), (zero, start, zero))
+    return cache._replace(keys=keys, values=values, bos_query=bos, clusters=slot_clusters)
 
 
 def advance(cache: KVCache, count) -> KVCache:
@@ -193,6 +255,53 @@ def _token_mask(kind, opts, q_slot, k_slot):
     k_global = k_slot < g
     local = ~k_global & causal & ((k_slot - g) // size >= (q_slot - g) // size - 1)
     return jnp.where(q_slot < g, causal, k_global | local)
+
+
+def _routing_window(opts, seq_len):
+    """Routing's ``w``: ``cluster_size``, else ``seq_len // num_clusters``."""
+    if opts.cluster_size is not None:
+        return opts.cluster_size
+    if seq_len is None:
+        raise ValueError(
+            "routing attention with cluster_size=None has the window seq_len // num_clusters, "
+            "which depends on the sequence length: pass cluster_size=, or seq_len= (through "
+            "cached_attention_for; TransformerLM passes its train_len)")
+    core.check_positive_int("seq_len", seq_len)
+    return routing_lib.default_cluster_size(seq_len, opts.num_clusters)
+
+
+def _routing_mask(opts, cache, q_slot, k_slot, *, heads, chunk, window):
+    """Bool ``[B, H, C, capacity]``: the local rule for the first ``local_heads`` heads, the
+    ``window`` most recent slots of the query's cluster for the others (module doc)."""
+    batch, capacity = cache.keys.shape[:2]
+    local = opts.local_heads
+    parts = []
+    if local:
+        mask = _token_mask("local", opts, q_slot, k_slot)
+        parts.append(jnp.broadcast_to(mask[None, None], (batch, local, chunk, capacity)))
+    if local < heads:
+        k_cluster = jnp.transpose(cache.clusters, (0, 2, 1))  # [B, H_r, capacity]
+        q_cluster = jax.lax.dynamic_slice_in_dim(k_cluster, cache.length.astype(jnp.int32),
+                                                 chunk, axis=2)  # [B, H_r, C]
+        member = ((k_cluster[:, :, None, :] == q_cluster[..., None])
+                  & (k_slot <= q_slot)[None, None])
+        seen = jnp.cumsum(member.astype(jnp.int32), axis=-1)  # members in [0, j]
+        later = seen[..., -1:] - seen  # members in (j, p]
+        parts.append(member & (later < window))
+    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def _check_routing_cache(opts, cache, heads):
+    local = opts.local_heads
+    if local > heads:
+        raise ValueError(f"local_heads must be in [0, heads={heads}], got {local}")
+    expected = heads - local
+    if _num_cluster_heads(cache) != expected or (
+            expected and cache.clusters.shape[:2] != cache.keys.shape[:2]):
+        shape = None if cache.clusters is None else list(cache.clusters.shape)
+        raise ValueError(f"cache.clusters must be [batch, capacity, heads - local_heads] = "
+                         f"{[*cache.keys.shape[:2], expected]} for routing attention "
+                         f"(init_cache(..., cluster_heads={expected})), got {shape}")
 
 
 def _compressed(opts, cache, keys, values, q_slot, chunk, heads, scale, dtype):
@@ -234,23 +343,29 @@ def _compressed(opts, cache, keys, values, q_slot, chunk, heads, scale, dtype):
 
 
 def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
-                     ssmax_s: jax.Array | None = None, scale=None, **options) -> jax.Array:
+                     ssmax_s: jax.Array | None = None, scale=None, seq_len: int | None = None,
+                     **options) -> jax.Array:
     """Attention of a chunk of new queries over a ``KVCache`` (rules in the module doc).
 
     Args:
       q: ``[B, C, H, D]``, queries (after RoPE) of slots ``[cache.length, cache.length + C)``;
         ``H`` a multiple of the cache's ``K`` (GQA: head ``h`` reads kv head ``h // (H/K)``).
-      cache: a ``KVCache`` whose slots ``[0, length + C)`` are written (``write_chunk``).
-      kind: ``"dense"``, ``"ssmax"``, ``"local"`` or ``"lsg"``.
+      cache: a ``KVCache`` whose slots ``[0, length + C)`` are written (``write_chunk``; for
+        routing with their ``clusters``).
+      kind: ``"dense"``, ``"ssmax"``, ``"local"``, ``"lsg"`` or ``"routing"``.
       ssmax_s: ``[H]`` per-head SSMax ``s``; required with ``softmax="ssmax"``.
       scale: logit scale, default ``1/sqrt(D)``.
+      seq_len: routing only: the sequence length whose default window
+        ``seq_len // num_clusters`` applies when ``cluster_size`` is None.
       **options: the kind's registry options (``window``, ``block_size``, ``sparsity_type``,
-        ...), validated as ``registry.make_options(kind, **options)``; ``causal`` must be
-        True.
+        ``num_clusters``, ``cluster_size``, ``local_heads``, ...), validated as
+        ``registry.make_options(kind, **options)``; ``causal`` must be True (and routing's
+        ``assignment`` argmax).
 
     Returns:
       ``[B, C, H, D]`` in ``q.dtype``; equal to the full forward's rows
-      ``[length, length + C)`` of the same kind.
+      ``[length, length + C)`` of the same kind (routing: of a sequence whose window is the
+      same).
     """
     opts = _options(kind, options)
     _check_cache(cache)
@@ -282,8 +397,14 @@ def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
     qg = core.group_query_heads(q, kv_heads).astype(dtype)  # [B, C, K, G, D]
     logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, cache.keys.astype(dtype))
     logits = logits * jnp.asarray(scale, dtype)
-    mask = jnp.broadcast_to(_token_mask(kind, opts, q_slot, k_slot)[None, None, None],
-                            logits.shape)
+    if kind == "routing":
+        _check_routing_cache(opts, cache, heads)
+        window = _routing_window(opts, seq_len) if opts.local_heads < heads else 1
+        mask = _routing_mask(opts, cache, q_slot, k_slot, heads=heads, chunk=chunk,
+                             window=window).reshape(logits.shape)
+    else:
+        mask = jnp.broadcast_to(_token_mask(kind, opts, q_slot, k_slot)[None, None, None],
+                                logits.shape)
     sparse = (kind == "lsg" and opts.sparsity_type != "none" and opts.sparse_block_size > 0)
     if sparse:
         ck, cv, smask = _compressed(opts, cache, cache.keys, cache.values, q_slot, chunk,
@@ -306,11 +427,11 @@ def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
     return out.reshape(batch, chunk, heads, head_dim).astype(q.dtype)
 
 
-def cached_attention_for(spec, q, cache, *, ssmax_s=None, scale=None):
+def cached_attention_for(spec, q, cache, *, ssmax_s=None, scale=None, seq_len=None):
     """``cached_attention`` with the kind and options of an ``AttentionSpec``-like ``spec``
-    (``.kind``, ``.options``)."""
+    (``.kind``, ``.options``); ``seq_len`` as there (routing's default window)."""
     return cached_attention(q, cache, kind=spec.kind, ssmax_s=ssmax_s, scale=scale,
-                            **dataclasses.asdict(spec.options))
+                            seq_len=seq_len, **dataclasses.asdict(spec.options))
 
 
 def cache_nbytes(caches) -> int:

@@ -7,9 +7,9 @@ cell, and the generators draw the needle (key, value) before its position, so a 
 grid asks for the same needles at different depths. The model continues each prompt greedily
 and the task's own metric (``tasks.retrieval_correct``) scores the continuation. Landmark
 models read the prompt with ``LandmarkDecoder`` (windows of blocks and top-k retrieval);
-dense, SSMax, local and LSG models with ``KVCacheDecoder`` (chunked prefill into per-layer
-KV caches, then one token per step); any other model re-runs its full forward pass over a
-buffer long enough for prompt + answer.
+dense, SSMax, local, LSG and routing models with ``KVCacheDecoder`` (chunked prefill into
+per-layer KV caches, then one token per step); any other model re-runs its full forward pass
+over a buffer long enough for prompt + answer.
 
 Tasks whose generator places the needle itself (``babilong_qa1`` scatters its facts at random
 sentence boundaries) take no depth: their grid has one column, ``depth=None`` ("random"),
@@ -161,8 +161,9 @@ class LandmarkGreedy:
 
 
 class KVCacheGreedy:
-    """Greedy continuation with ``KVCacheDecoder`` (dense, SSMax, local and LSG models): the
-    prompt is prefilled in chunks of ``prefill_chunk`` tokens, then one token per step.
+    """Greedy continuation with ``KVCacheDecoder`` (dense, SSMax, local, LSG and routing
+    models): the prompt is prefilled in chunks of ``prefill_chunk`` tokens, then one token
+    per step.
 
     The caches hold prompt + answer rounded up to a multiple of ``prefill_chunk``; one
     decoder (and its compiled functions) is kept per such capacity, so every prompt length
@@ -202,9 +203,13 @@ class KVCacheGreedy:
 def greedy_decoder(model, *, method: str = "auto", retrieval: RetrievalConfig | None = None,
                    batch_size: int = 1) -> DecodeFn:
     """A ``DecodeFn`` for ``model``. ``"auto"``: ``LandmarkGreedy`` for landmark models,
-    ``KVCacheGreedy`` for models whose every layer is causal dense, ssmax, local or LSG
-    attention, ``FullForwardGreedy`` otherwise (routing, Titans). ``"forward"``,
-    ``"decoder"`` (landmark) and ``"kv_cache"`` force one."""
+    ``KVCacheGreedy`` for models whose every layer is causal dense, ssmax, local, LSG or
+    routing attention, ``FullForwardGreedy`` otherwise (Titans). ``"forward"``,
+    ``"decoder"`` (landmark) and ``"kv_cache"`` force one.
+
+    Routing with ``cluster_size=None``: the KV cache keeps the training window
+    ``train_len // num_clusters``, while ``FullForwardGreedy``'s window follows its buffer
+    length (``buffer // num_clusters``); they agree when ``cluster_size`` is set."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "auto":

@@ -39,8 +39,8 @@ class Decoder(Protocol):
 
 def decoder_kind(model) -> str:
     """``"landmark"``, ``"titans"`` or ``"kv_cache"``: which decoder serves ``model``;
-    ``ValueError`` naming the attention kind for a model none serves (routing, or a
-    bidirectional layer)."""
+    ``ValueError`` naming the attention kind for a model none serves (a bidirectional
+    layer)."""
     if not isinstance(model, TransformerLM):
         raise ValueError(f"model must be a TransformerLM, got {type(model).__name__}")
     if model.cfg.titans is not None:
@@ -63,10 +63,10 @@ def make_decoder(model, *, batch_size: int = 1, capacity: int | None = None,
 
     - landmark models: ``LandmarkDecoder(model, retrieval or RetrievalConfig())``;
     - Titans models: ``TitansStream(model, max_piece_len=max_piece_len)``;
-    - models whose every layer is causal dense, ssmax, local or LSG attention:
+    - models whose every layer is causal dense, ssmax, local, LSG or routing attention:
       ``KVCacheDecoder(model, capacity=capacity, prefill_chunk=prefill_chunk)``, ``capacity``
       defaulting to the model's ``train_len``;
-    - anything else (routing attention): ``ValueError`` naming the kind.
+    - anything else (a bidirectional layer): ``ValueError`` naming the kind.
 
     ``batch_size`` is the rows of every call. Arguments that do not apply to the chosen
     decoder are ignored.

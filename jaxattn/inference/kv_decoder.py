@@ -1,4 +1,5 @@
-"""KV-cache decoding for models whose layers are dense, SSMax, local or LSG attention.
+"""KV-cache decoding for models whose layers are dense, SSMax, local, LSG or causal routing
+attention.
 
 ``KVCacheDecoder`` keeps one ``KVCache`` per layer (``jaxattn.attention.kv_cache``) with room
 for ``capacity`` tokens, and runs tokens through ``TransformerLM.decode_chunk``: a prompt in
@@ -10,7 +11,9 @@ token ever sees them (every kind here is causal).
 Feeding a sequence in any pieces gives the full forward's logits (up to float rounding).
 
 LSG global tokens are run once per stream (``reset``) and sit in the first slots of every
-layer's cache.
+layer's cache. Routing layers also cache each slot's cluster (their centroids are read, never
+updated); with ``cluster_size=None`` their window is ``train_len // num_clusters``, so the
+logits are the full forward's at any length with that window (``train_len`` itself).
 """
 
 import functools
@@ -61,8 +64,8 @@ class KVCacheDecoder:
         decoder.reset()                              # a new stream
 
     Args:
-      model: a ``TransformerLM`` whose every layer is causal dense, ssmax, local or LSG
-        attention (``model.check_kv_cache()``).
+      model: a ``TransformerLM`` whose every layer is causal dense, ssmax, local, LSG or
+        routing (argmax assignment) attention (``model.check_kv_cache()``).
       batch_size: rows of every ``feed``.
       capacity: tokens a stream may hold (prompt and generated tokens together).
       prefill_chunk: tokens per prefill call (at most ``capacity``); each call attends over

@@ -62,6 +62,7 @@ class Attention(nnx.Module):
                              f"num_kv_heads == num_heads ({num_heads}), got {num_kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_base = rope_base
+        self.train_len = train_len
         dense = lambda i, o, names, init=None: nnx.Linear(
             i, o, use_bias=False, dtype=dtype, param_dtype=param_dtype,
             kernel_init=partitioned(names, init), rngs=rngs)
@@ -113,16 +114,27 @@ class Attention(nnx.Module):
         ``x [B, C, embed]`` are the inputs of slots ``[cache.length, cache.length + C)`` at
         RoPE ``positions [B, C]``. Returns ``(out [B, C, embed], cache)`` with the chunk's
         keys and values written; ``cache.length`` is left for the caller to advance.
+
+        Routing: the chunk's clusters (nearest centroid of each routing head's query after
+        RoPE, the state read but never updated) are written with it; with shared QK the keys
+        are the queries. ``cluster_size=None`` takes the window ``train_len // num_clusters``,
+        the one the model trained with (the full forward's default at ``train_len``).
         """
-        kv_cache_lib.check_decodable(self.spec.kind, self.spec.options)
+        spec = self.spec
+        kv_cache_lib.check_decodable(spec.kind, spec.options)
         q, k, v = self.project(x)
         q = apply_rope(q, positions, self.rope_base)
-        k = apply_rope(k, positions, self.rope_base)
+        k = q if self.key is None else apply_rope(k, positions, self.rope_base)
+        clusters = None
+        if kv_cache_lib.cluster_heads(spec.kind, spec.options, self.num_heads):
+            clusters = kv_cache_lib.chunk_clusters(q, self.state[...],
+                                                   local_heads=spec.options.local_heads)
         cache = kv_cache_lib.write_chunk(
-            cache, k, v, q=q,
-            num_global_tokens=getattr(self.spec.options, "num_global_tokens", 0))
+            cache, k, v, q=q, clusters=clusters,
+            num_global_tokens=getattr(spec.options, "num_global_tokens", 0))
         ssmax_s = None if self.ssmax_s is None else self.ssmax_s[...]
-        out = kv_cache_lib.cached_attention_for(self.spec, q, cache, ssmax_s=ssmax_s)
+        out = kv_cache_lib.cached_attention_for(spec, q, cache, ssmax_s=ssmax_s,
+                                                seq_len=self.train_len)
         return self.output(out), cache
 
     def project(self, x: jnp.ndarray):

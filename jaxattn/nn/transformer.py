@@ -268,7 +268,8 @@ class TransformerLM(nnx.Module):
 
     def check_kv_cache(self) -> None:
         """``ValueError`` unless every layer can decode from a ``KVCache``: causal dense,
-        ssmax, local or LSG attention (no Titans, landmark or routing layers)."""
+        ssmax, local, LSG or routing (``assignment="argmax"``) attention (no Titans or
+        landmark layers)."""
         if self.cfg.titans is not None:
             raise ValueError(f"a Titans model (model.titans arch {self.cfg.titans.arch!r}) "
                              f"decodes through TransformerLM.stream / TitansStream, not a "
@@ -285,6 +286,7 @@ class TransformerLM(nnx.Module):
         With LSG global tokens the first ``num_global_tokens`` slots of every layer hold
         the global tokens' keys and values (at position 0, as in ``encode``); they are run
         through the model here, so the caches come back with ``length = num_global_tokens``.
+        Routing layers' caches also keep each slot's cluster per routing head.
         """
         self.check_kv_cache()
         for name, value in (("batch", batch), ("capacity", capacity)):
@@ -297,7 +299,9 @@ class TransformerLM(nnx.Module):
                 batch, num_global + capacity, cfg.num_kv_heads, cfg.head_dim,
                 dtype=cfg.compute_dtype,
                 bos_heads=cfg.num_heads if kv_cache_lib.needs_bos_query(spec.kind,
-                                                                        spec.options) else 0)
+                                                                        spec.options) else 0,
+                cluster_heads=kv_cache_lib.cluster_heads(spec.kind, spec.options,
+                                                         cfg.num_heads))
             for spec in cfg.attention)
         if num_global:
             x = jnp.broadcast_to(self.global_tokens[...].astype(cfg.compute_dtype)[None],

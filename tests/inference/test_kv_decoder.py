@@ -2,7 +2,7 @@
 decodable kind; ``KVCacheDecoder`` fed in any pieces equals the full forward (dense, window,
 SSMax, local, LSG with several sparsity types and global tokens, GQA, bf16); greedy
 generation equals ``FullForwardGreedy``; padding never leaks; sampling; ``make_decoder``
-dispatch; argument and overflow errors."""
+dispatch; argument and overflow errors. Routing: ``test_kv_routing.py``."""
 
 import functools
 
@@ -62,6 +62,11 @@ SPECS = {
                                 num_global_tokens=1),
     "landmark": dict(kind="landmark", mem_freq=3),
     "routing": dict(kind="routing", num_clusters=2, block_size=8),
+    "routing_w4": dict(kind="routing", num_clusters=3, cluster_size=4),
+    "routing_local_ssmax": dict(kind="routing", num_clusters=2, cluster_size=5, local_heads=2,
+                                block_size=4, softmax="ssmax"),
+    "routing_default": dict(kind="routing", num_clusters=8, local_heads=1, block_size=8),
+    "bidirectional": dict(kind="dense", causal=False),
 }
 
 
@@ -321,10 +326,8 @@ def test_write_chunk_and_advance():
 def test_cached_attention_errors():
     cache = kv_cache.init_cache(1, 8, 1, 4)
     q = jnp.zeros((1, 2, 2, 4))
-    with pytest.raises(ValueError, match="attention kind 'routing' has no KV-cache decoding; "
-                                         "kinds with one: dense, ssmax, local, lsg"):
-        kv_cache.cached_attention(q, cache, kind="routing")
-    with pytest.raises(ValueError, match="'landmark' has no KV-cache decoding"):
+    with pytest.raises(ValueError, match="attention kind 'landmark' has no KV-cache decoding; "
+                                         "kinds with one: dense, ssmax, local, lsg, routing"):
         kv_cache.cached_attention(q, cache, kind="landmark")
     with pytest.raises(ValueError, match="unknown attention kind 'flash'; valid kinds"):
         kv_cache.cached_attention(q, cache, kind="flash")
@@ -449,9 +452,13 @@ def test_make_decoder_dispatch():
     stream = make_decoder(titans_model(), batch_size=2)
     assert isinstance(stream, TitansStream) and stream.cache_bytes() == stream.state_bytes()
 
-    with pytest.raises(ValueError, match=r"layer 1: attention kind 'routing' has no KV-cache "
-                                         r"decoding.*FullForwardGreedy"):
-        make_decoder(tiny_model(("dense", "routing"), kv_heads=4))
+    routing = tiny_model(("dense", "routing_w4"), kv_heads=4)
+    assert isinstance(make_decoder(routing), KVCacheDecoder)
+    assert decoder_kind(routing) == "kv_cache"
+
+    with pytest.raises(ValueError, match=r"layer 1: causal must be True to decode attention "
+                                         r"kind 'dense'.*FullForwardGreedy"):
+        make_decoder(tiny_model(("dense", "bidirectional")))
     with pytest.raises(ValueError, match="model must be a TransformerLM"):
         make_decoder(object())
 
