@@ -72,6 +72,7 @@ SUITES = {
         ("lsg", "lsg", {"causal": True, "block_size": 128, "sparse_block_size": 32,
                         "sparsity_factor": 4, "sparsity_type": "pooling",
                         "num_global_tokens": 1}),
+        ("routing", "routing", {"causal": True, "num_clusters": 16, "cluster_size": 64}),
     ],
 }
 """Suite name → ``[(label, kind, options), ...]``; the first entry is the baseline (in
