@@ -3,12 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
 from jaxattn.inference.titans import TitansStream
 from jaxattn.nn import TransformerLM
+from tests.model_helpers import orbax_round_trip
 from tests.nn.test_titans_lm import SEQ, VOCAB, call, lm, model_config, tokens
 
 
@@ -64,15 +64,7 @@ def test_streamed_state_round_trips_through_orbax(tmp_path):
     stream = TitansStream(model, batch_size=2)
     stream.feed(np.asarray(tokens(15)))
     saved = stream.state
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp_path / "stream", saved)
-    checkpointer.wait_until_finished()
-    restored = checkpointer.restore(tmp_path / "stream",
-                                    jax.tree.map(ocp.utils.to_shape_dtype_struct, saved))
-    assert jax.tree.structure(restored) == jax.tree.structure(saved)
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved)):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    restored = orbax_round_trip(saved, tmp_path / "stream")
     more = np.asarray(tokens(16))
     expected = stream.feed(more)
     resumed = TitansStream(model, batch_size=2)

@@ -5,7 +5,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 from hypothesis import given, settings
@@ -15,7 +14,7 @@ from jaxattn.attention.titans import MemoryState
 from jaxattn.nn.titans import (LMMBlock, MACBlock, MAGBlock, MALBlock, NeuralMemory,
                                NeuralMemoryState, _attend)
 from tests.fast_jit import fast_jit
-from tests.model_helpers import perturb_params
+from tests.model_helpers import orbax_round_trip, perturb_params
 
 EMBED = 16
 CHUNK = 2
@@ -195,15 +194,7 @@ def test_state_round_trips_through_orbax(kind, tmp_path):
     module = block(kind)
     x = inputs(9, 8)
     _, state = run_fresh(module, x)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp_path / "state", state)
-    checkpointer.wait_until_finished()
-    restored = checkpointer.restore(tmp_path / "state",
-                                    jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
-    assert jax.tree.structure(restored) == jax.tree.structure(state)
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    restored = orbax_round_trip(state, tmp_path / "state")
     more = inputs(10, 8)
     np.testing.assert_array_equal(np.asarray(run(module, more, restored)[0]),
                                   np.asarray(run(module, more, state)[0]))
