@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxattn.attention.kv_cache import cache_nbytes
-from jaxattn.inference.sampling import (check_max_new_tokens, check_sampling,
+from jaxattn.inference.sampling import (check_positive_int, check_sampling,
                                         check_token_ids, sample_logits, step_key)
 from jaxattn.nn.transformer import TransformerLM
 
@@ -46,11 +46,6 @@ def _step(graphdef, params, caches, last_logits, key, step, temperature, *, top_
                           top_k=top_k)
     logits, caches = nnx.merge(graphdef, params).decode_chunk(token[:, None], caches)
     return token, logits[:, 0], caches
-
-
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class KVCacheDecoder:
@@ -77,9 +72,9 @@ class KVCacheDecoder:
         if not isinstance(model, TransformerLM):
             raise ValueError(f"model must be a TransformerLM, got {type(model).__name__}")
         model.check_kv_cache()
-        _positive_int("batch_size", batch_size)
-        _positive_int("capacity", capacity)
-        _positive_int("prefill_chunk", prefill_chunk)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("capacity", capacity)
+        check_positive_int("prefill_chunk", prefill_chunk)
         self.batch_size = batch_size
         self.capacity = capacity
         self.prefill_chunk = min(prefill_chunk, capacity)
@@ -151,7 +146,7 @@ class KVCacheDecoder:
         temperature)`` over the ``top_k`` largest logits (``jaxattn.inference.sampling``),
         deterministically for a given ``seed``.
         """
-        check_max_new_tokens(max_new_tokens)
+        check_positive_int("max_new_tokens", max_new_tokens)
         check_sampling(temperature, top_k, seed)
         if prompt is not None:
             prompt = self._check_tokens(prompt)

@@ -28,7 +28,8 @@ from flax import nnx
 from jaxattn.attention import landmark_retrieval as retrieval
 from jaxattn.attention.landmark import RetrievedBlocks, landmark_attention
 from jaxattn.attention.rope import apply_rope
-from jaxattn.inference.sampling import check_token_ids, generate_by_feeding
+from jaxattn.inference.sampling import (check_positive_int, check_token_ids,
+                                        generate_by_feeding)
 from jaxattn.nn.transformer import TransformerLM
 
 
@@ -54,9 +55,7 @@ class RetrievalConfig:
 
     def __post_init__(self):
         for name in ("top_k", "chunk_blocks", "initial_capacity"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         retrieval.check_selection(self.selection)
         if not isinstance(self.offload, bool):
             raise ValueError(f"offload must be a bool, got {self.offload!r}")
@@ -144,8 +143,7 @@ class LandmarkDecoder:
         _check_model(model)
         if not isinstance(config, RetrievalConfig):
             raise ValueError(f"config must be a RetrievalConfig, got {type(config).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         self.config = config
         self.batch_size = batch_size
         self.mem_freq = model.cfg.landmark.mem_freq

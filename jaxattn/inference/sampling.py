@@ -1,4 +1,5 @@
-"""Next-token choice shared by every decoder: greedy, or temperature and top-k sampling.
+"""Next-token choice shared by every decoder: greedy, or temperature and top-k sampling (and
+the decoders' shared argument checks and host generation loop).
 
 ``sample_logits(logits, key, temperature=T, top_k=k)`` picks one token per row of
 ``logits [B, vocab]``: the argmax when ``T == 0``; otherwise a draw from
@@ -100,10 +101,10 @@ def check_token_ids(tokens, batch_size: int, vocab_size: int) -> np.ndarray:
     return tokens.astype(np.int32)
 
 
-def check_max_new_tokens(max_new_tokens) -> None:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
-            or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+def check_positive_int(name: str, value) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an int >= 1 (not a bool)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def generate_by_feeding(decoder, max_new_tokens: int, *, prompt=None, temperature=0.0,
@@ -112,7 +113,7 @@ def generate_by_feeding(decoder, max_new_tokens: int, *, prompt=None, temperatur
     logits and leaves the last position's in ``decoder.last_logits``: feeds ``prompt`` if
     given, then ``max_new_tokens`` times picks a token with ``Sampler`` and feeds it back.
     Returns ``[B, max_new_tokens]`` int32."""
-    check_max_new_tokens(max_new_tokens)
+    check_positive_int("max_new_tokens", max_new_tokens)
     sampler = Sampler(temperature, top_k, seed)
     if prompt is not None:
         decoder.feed(prompt)

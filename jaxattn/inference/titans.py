@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxattn.inference.sampling import check_token_ids, generate_by_feeding
+from jaxattn.inference.sampling import (check_positive_int, check_token_ids,
+                                        generate_by_feeding)
 from jaxattn.nn.transformer import TransformerLM
 
 
@@ -60,9 +61,8 @@ class TitansStream:
         if model.cfg.titans is None:
             raise ValueError("TitansStream needs a TransformerLM with Titans layers "
                              "(TransformerConfig.titans / config.model.titans.arch)")
-        for name, value in (("batch_size", batch_size), ("max_piece_len", max_piece_len)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("max_piece_len", max_piece_len)
         self.batch_size = batch_size
         self.multiple = model.cfg.titans.multiple
         self.piece_len = self.multiple * max(1, max_piece_len // self.multiple)
