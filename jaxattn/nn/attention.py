@@ -92,9 +92,7 @@ class Attention(nnx.Module):
         With ``train=True`` a stateful kind updates its state after the attention (which used
         the old state) and sows its auxiliary loss as ``nnx.Intermediate`` ``"aux_loss"``.
         """
-        q, k, v = self.project(x)
-        q = apply_rope(q, positions, self.rope_base)
-        k = q if self.key is None else apply_rope(k, positions, self.rope_base)
+        q, k, v = self.rotated_qkv(x, positions)
         variant = registry.get_variant(self.spec.kind)
         ssmax_s = None if self.ssmax_s is None else self.ssmax_s[...]
         state = None if self.state is None else self.state[...]
@@ -122,9 +120,7 @@ class Attention(nnx.Module):
         """
         spec = self.spec
         kv_cache_lib.check_decodable(spec.kind, spec.options)
-        q, k, v = self.project(x)
-        q = apply_rope(q, positions, self.rope_base)
-        k = q if self.key is None else apply_rope(k, positions, self.rope_base)
+        q, k, v = self.rotated_qkv(x, positions)
         clusters = None
         if kv_cache_lib.cluster_heads(spec.kind, spec.options, self.num_heads):
             clusters = kv_cache_lib.chunk_clusters(q, self.state[...],
@@ -136,6 +132,14 @@ class Attention(nnx.Module):
         out = kv_cache_lib.cached_attention_for(spec, q, cache, ssmax_s=ssmax_s,
                                                 seq_len=self.train_len)
         return self.output(out), cache
+
+    def rotated_qkv(self, x: jnp.ndarray, positions: jnp.ndarray):
+        """``project`` then RoPE at ``positions [B, T]``: ``(q, k, v)``, ``k`` the rotated
+        queries with shared QK."""
+        q, k, v = self.project(x)
+        q = apply_rope(q, positions, self.rope_base)
+        k = q if self.key is None else apply_rope(k, positions, self.rope_base)
+        return q, k, v
 
     def project(self, x: jnp.ndarray):
         """``(q [B, T, H, D], k [B, T, K, D], v [B, T, K, D])`` before RoPE (``k`` is ``q``
