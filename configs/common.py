@@ -148,6 +148,18 @@ def base_config() -> ml_collections.ConfigDict:
     })
 
 
+def set_steps(config: ml_collections.ConfigDict, steps: int) -> None:
+    """Sets ``train.steps`` to ``steps`` and shortens the schedule's other lengths to fit it:
+    evaluation and checkpoint intervals at most ``steps``, warmup at most a tenth of it (a
+    preset's warmup of 100 steps would otherwise reject ``steps=30``)."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    config.train.steps = steps
+    config.train.eval_every = min(config.train.eval_every, steps)
+    config.checkpoint.save_every = min(config.checkpoint.save_every, steps)
+    config.optim.warmup_steps = min(config.optim.warmup_steps, steps // 10)
+
+
 def apply_smoke(config: ml_collections.ConfigDict) -> None:
     """Shrinks ``config`` in place to a seconds-long CPU run (tests, notebooks, CI)."""
     config.data.seq_len = 64

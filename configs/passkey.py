@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
         common.apply_smoke(config)
         config.data.seq_len = 320
     if args.steps:
-        config.train.steps = args.steps
+        common.set_steps(config, args.steps)
     if args.kind not in ("landmark", "dense", "ssmax"):
         raise ValueError(f"kind must be landmark, dense or ssmax, got {args.kind!r}")
     config.attention.kind = args.kind

@@ -156,9 +156,7 @@ def get_config(arg: str | None = None):
     (_tiny if args.size == "tiny" else _small)(config)
     config.data.corpus = f"task:{args.task}"
     if args.steps:
-        config.train.steps = args.steps
-        config.train.eval_every = min(config.train.eval_every, args.steps)
-        config.checkpoint.save_every = min(config.checkpoint.save_every, args.steps)
+        common.set_steps(config, args.steps)
     if args.seq_len:
         minimum = tasks.min_length(args.task) + 8
         if args.seq_len < minimum or args.seq_len % LENGTH_MULTIPLE:

@@ -11,6 +11,7 @@ from ml_collections import config_flags
 from configs import common
 from jaxattn.attention import registry
 from jaxattn.training import train_and_evaluate
+from jaxattn.training import optimizer as optimizer_lib
 from jaxattn.training.optimizer import make_schedule
 from tests.training.helpers import REPO, smoke_config
 
@@ -27,6 +28,19 @@ def test_every_config_loads_through_the_flag(path):
     assert fv.config.attention.kind in registry.list_variants()
     with pytest.raises(AttributeError):
         fv.config.not_a_field = 1  # locked
+
+
+@pytest.mark.parametrize("arg", ["kind=dense,size=small,steps=30", "kind=landmark,steps=30"])
+def test_short_steps_shrink_the_preset_schedule(arg):
+    from configs import passkey, repro
+    module = repro if "size" in arg else passkey
+    config = module.get_config(arg)
+    assert config.train.steps == 30
+    assert config.optim.warmup_steps == 3  # a tenth of the steps, not the preset's 100/200
+    assert config.train.eval_every <= 30 and config.checkpoint.save_every <= 30
+    optimizer_lib.make_optimizer(config.optim, total_steps=30)  # valid, no error
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        common.set_steps(config, 0)
 
 
 def test_parse_arg_is_strict_and_typed():
