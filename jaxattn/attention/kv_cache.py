@@ -9,8 +9,12 @@ A ``KVCache`` holds the keys (after RoPE) and values of every position fed so fa
    ``[length, length + C)``, attend over every cached key they may see;
 3. ``advance(cache, count)``: ``length += count``, the chunk's real tokens (``count <= C``).
 
-Every mask spans the whole capacity and ``length`` is a traced scalar, so one compiled program
-serves every step of a given chunk size. A query never sees a slot to its right, so slots
+``length`` is a traced scalar, so one compiled program serves every step of a given chunk
+size. Kinds whose queries see a bounded neighbourhood (``window``, ``local``, ``lsg``) score
+only the slots that neighbourhood can hold (``key_span``: a static number of slots at a
+traced offset) and LSG compresses only the windows its visible compressed tokens come from,
+so a decode step costs the same at every cache length; dense attention without a window and
+routing score every slot under a mask. A query never sees a slot to its right, so slots
 written by padding at the end of a chunk (``count < C``) are invisible to every real query and
 are overwritten by the next chunk.
 
@@ -304,37 +308,104 @@ def _check_routing_cache(opts, cache, heads):
                          f"(init_cache(..., cluster_heads={expected})), got {shape}")
 
 
-def _compressed(opts, cache, keys, values, q_slot, chunk, heads, scale, dtype):
+def _span_blocks(chunk: int, block_size: int) -> int:
+    """Blocks that hold every local key of a chunk of ``chunk`` consecutive queries: the
+    blocks the queries fall in (at most ``ceil((C-1)/B) + 1``) and the one before."""
+    return -(-(chunk - 1) // block_size) + 2
+
+
+def key_span(kind: str, opts, length, chunk: int, capacity: int):
+    """The cached slots a chunk of queries can see, as ``(start, size)`` or ``None``.
+
+    For the kinds whose queries see a bounded neighbourhood, every non-global key visible to
+    the queries in slots ``[length, length + C)`` lies in slots ``[start, start + size)``
+    (``size`` static, ``start`` traced, clamped into ``[G, capacity - size]``): ``window=w``
+    dense/SSMax ``size = C + w - 1``; ``local`` and ``lsg`` the ``_span_blocks`` blocks of
+    ``block_size`` ending with the last query's. ``None``: the whole capacity (no window,
+    routing, or a span as long as the cache), which ``cached_attention`` then scores.
+    """
+    g = getattr(opts, "num_global_tokens", 0)
+    length = jnp.asarray(length, jnp.int32)
+    if kind in ("dense", "ssmax") and opts.window is not None:
+        size = chunk + opts.window - 1
+        start = length - (opts.window - 1)
+    elif kind in ("local", "lsg"):
+        size = _span_blocks(chunk, opts.block_size) * opts.block_size
+        start = g + ((length - g) // opts.block_size - 1) * opts.block_size
+    else:
+        return None
+    if g + size >= capacity:
+        return None
+    return jnp.clip(start, g, capacity - size), size
+
+
+def _gather_slots(cache, span, num_global):
+    """``(k_slot [1, S], keys, values)``: the global slots and ``span``'s slots, or every slot."""
+    capacity = cache.capacity
+    if span is None:
+        return (jax.lax.broadcasted_iota(jnp.int32, (1, capacity), 1), cache.keys,
+                cache.values)
+    start, size = span
+    k_slot = jnp.concatenate([jnp.arange(num_global, dtype=jnp.int32),
+                              start + jnp.arange(size, dtype=jnp.int32)])[None]
+
+    def take(x):
+        window = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+        return jnp.concatenate([x[:, :num_global], window], axis=1) if num_global else window
+
+    return k_slot, take(cache.keys), take(cache.values)
+
+
+def _compressed(opts, cache, q_slot, chunk, heads, scale, dtype):
     """LSG's compressed keys of the cached ordinary tokens and their visibility.
+
+    Only the compression windows that hold the chunk's visible compressed tokens are
+    compressed (each window's compressed tokens depend on that window alone), unless those
+    are about all the windows of the cache.
 
     Returns ``(ck [B, M, H, D], cv [B, M, H, D], mask [B, H, C, M])``.
     """
-    g = opts.num_global_tokens
-    batch, capacity, kv_heads, head_dim = keys.shape
+    g, size = opts.num_global_tokens, opts.block_size
+    batch, capacity, kv_heads, head_dim = cache.keys.shape
     window, per_window = lsg_lib.lsg_compression_window(
-        opts.sparsity_type, block_size=opts.block_size, sparsity_factor=opts.sparsity_factor,
+        opts.sparsity_type, block_size=size, sparsity_factor=opts.sparsity_factor,
         sparse_block_size=opts.sparse_block_size)
+    step = size // opts.sparsity_factor
     ordinary = capacity - g
-    padded = -(-ordinary // window) * window
     group = heads // kv_heads
+    length = cache.length.astype(jnp.int32)
+    # Compressed tokens seen by the chunk: [(b-1) step - S, (b_last-1) step) for its blocks b.
+    needed = opts.sparse_block_size + (_span_blocks(chunk, size) - 2) * step
+    num_windows = needed // per_window + 2
+    whole_windows = ordinary // window
+    if num_windows < whole_windows:
+        first = ((length - g) // size - 1) * step - opts.sparse_block_size
+        first_window = jnp.clip(first // per_window, 0, whole_windows - num_windows)
+        count = num_windows * window
 
-    def ordinary_part(x):
-        x = core.repeat_kv(x[:, g:], group).astype(dtype)
-        return jnp.pad(x, ((0, 0), (0, padded - ordinary), (0, 0), (0, 0)))
+        def ordinary_part(x):
+            x = jax.lax.dynamic_slice_in_dim(x, g + first_window * window, count, axis=1)
+            return core.repeat_kv(x, group).astype(dtype)
+    else:
+        first_window = jnp.zeros((), jnp.int32)
+        count = -(-ordinary // window) * window
 
-    filled = cache.length + chunk - g  # ordinary slots written so far, this chunk included
-    index = jax.lax.broadcasted_iota(jnp.int32, (1, padded), 1)
-    seg = jnp.broadcast_to((index < filled).astype(jnp.int32), (batch, padded))
+        def ordinary_part(x):
+            x = core.repeat_kv(x[:, g:], group).astype(dtype)
+            return jnp.pad(x, ((0, 0), (0, count - ordinary), (0, 0), (0, 0)))
+
+    filled = length + chunk - g  # ordinary slots written so far, this chunk included
+    index = first_window * window + jax.lax.broadcasted_iota(jnp.int32, (1, count), 1)
+    seg = jnp.broadcast_to((index < filled).astype(jnp.int32), (batch, count))
     q_bos = None
     if opts.sparsity_type == "bos_pooling":
         q_bos = cache.bos_query.astype(dtype)
     ck, cv, cseg = lsg_lib._compress(
-        opts.sparsity_type, ordinary_part(keys), ordinary_part(values), seg, q_bos,
+        opts.sparsity_type, ordinary_part(cache.keys), ordinary_part(cache.values), seg, q_bos,
         window=window, per_window=per_window, scale=scale, lsh_seed=opts.lsh_seed)
     num_compressed = ck.shape[1]
-    step = opts.block_size // opts.sparsity_factor
-    q_block = (q_slot - g) // opts.block_size  # [C, 1]
-    c = jax.lax.broadcasted_iota(jnp.int32, (1, num_compressed), 1)
+    q_block = (q_slot - g) // size  # [C, 1]
+    c = first_window * per_window + jax.lax.broadcasted_iota(jnp.int32, (1, num_compressed), 1)
     hi = (q_block - 1) * step
     in_range = (c >= hi - opts.sparse_block_size) & (c < hi) & (q_slot >= g)  # [C, M]
     valid = jnp.transpose(cseg != 0, (0, 2, 1))[:, :, None, :]  # [B, H, 1, M]
@@ -393,9 +464,11 @@ def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
 
     q_slot = cache.length.astype(jnp.int32) + jax.lax.broadcasted_iota(
         jnp.int32, (chunk, 1), 0)
-    k_slot = jax.lax.broadcasted_iota(jnp.int32, (1, capacity), 1)
+    span = None if kind == "routing" else key_span(kind, opts, cache.length, chunk, capacity)
+    k_slot, keys, values = _gather_slots(cache, span, g)
+    num_keys = k_slot.shape[1]
     qg = core.group_query_heads(q, kv_heads).astype(dtype)  # [B, C, K, G, D]
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, cache.keys.astype(dtype))
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, keys.astype(dtype))
     logits = logits * jnp.asarray(scale, dtype)
     if kind == "routing":
         _check_routing_cache(opts, cache, heads)
@@ -407,8 +480,7 @@ def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
                                 logits.shape)
     sparse = (kind == "lsg" and opts.sparsity_type != "none" and opts.sparse_block_size > 0)
     if sparse:
-        ck, cv, smask = _compressed(opts, cache, cache.keys, cache.values, q_slot, chunk,
-                                    heads, scale, dtype)
+        ck, cv, smask = _compressed(opts, cache, q_slot, chunk, heads, scale, dtype)
         num_compressed = ck.shape[1]
         ckg = ck.reshape(batch, num_compressed, kv_heads, group, head_dim)
         slogits = jnp.einsum("bqkgd,bmkgd->bkgqm", qg, ckg) * jnp.asarray(scale, dtype)
@@ -420,10 +492,10 @@ def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
         s = ssmax_s.astype(dtype).reshape(1, kv_heads, group, 1)
         logits = logits * (s * jnp.log(jnp.maximum(count, 1.0)))[..., None]
     probs = core.masked_softmax(logits, mask)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs[..., :capacity], cache.values.astype(dtype))
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs[..., :num_keys], values.astype(dtype))
     if sparse:
         cvg = cv.reshape(batch, num_compressed, kv_heads, group, head_dim)
-        out = out + jnp.einsum("bkgqm,bmkgd->bqkgd", probs[..., capacity:], cvg)
+        out = out + jnp.einsum("bkgqm,bmkgd->bqkgd", probs[..., num_keys:], cvg)
     return out.reshape(batch, chunk, heads, head_dim).astype(q.dtype)
 
 

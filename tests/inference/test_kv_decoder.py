@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from jaxattn.attention import kv_cache
+from jaxattn.attention import kv_cache, registry
 from jaxattn.evaluation.retrieval import FullForwardGreedy, runnable_length
 from jaxattn.inference import (KVCacheDecoder, LandmarkDecoder, Sampler, TitansStream,
                                decoder_kind, make_decoder, sample_logits)
@@ -220,26 +220,26 @@ ATTENTION_KINDS = ["dense", "ssmax", "window", "ssmax_window", "local", "local_s
 
 
 @functools.lru_cache(maxsize=None)
-def jitted_cached_attention(name):
+def jitted_cached_attention(name):  # one compiled program per chunk size (q's shape)
     options = dict(SPECS[name])
     kind = options.pop("kind")
     return jax.jit(lambda q, cache, s: kv_cache.cached_attention(
         q, cache, kind=kind, ssmax_s=s, **options))
 
 
-def naive_reference(name, q_all, k, v, length, ssmax_s):
-    """Rows ``[length, length + CHUNK)`` of the naive attention over the slots before them.
+def naive_reference(name, q_all, k, v, length, ssmax_s, chunk=CHUNK):
+    """Rows ``[length, length + chunk)`` of the naive attention over the slots before them.
 
     LSG's reference runs on whole blocks (``naive_lsg`` compresses whole blocks only), over
     the slots ``[0, stop)`` rounded up to one: causal, so the extra slots change nothing.
     """
     options = dict(SPECS[name])
     kind = options.pop("kind")
-    stop = length + CHUNK
+    stop = length + chunk
     softmax = "ssmax" if kind == "ssmax" else options.get("softmax", "softmax")
     if kind == "lsg":
         g, size = options["num_global_tokens"], options["block_size"]
-        whole = g + -(-(stop - g) // size) * size
+        whole = g + max(1, -(-(stop - g) // size)) * size
         out = naive_lsg(q_all[:, :whole], k[:, :whole], v[:, :whole], causal=True,
                         block_size=size, sparse_block_size=options["sparse_block_size"],
                         sparsity_factor=options["sparsity_factor"],
@@ -262,13 +262,15 @@ def random_cache_inputs(name, seed):
 
 
 @pytest.mark.parametrize("name", ATTENTION_KINDS)
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(data=st.data(), seed=st.integers(0, 2**31 - 1))
 def test_cached_attention_equals_the_naive_reference(name, data, seed):
     """Every slot of the cache holds random keys and values, also past ``length + C``: the
-    rule, not zeros, keeps them out."""
+    rule, not zeros, keeps them out. Chunks of 1 and 5 score only ``key_span``'s slots for
+    the windowed kinds; 12 queries with blocks of 8 span the whole cache."""
     q_all, k, v, ssmax_s = random_cache_inputs(name, seed)
-    length = data.draw(st.integers(0, k.shape[1] - CHUNK), label="length")
+    chunk = data.draw(st.sampled_from([1, CHUNK, 12]), label="chunk")
+    length = data.draw(st.integers(0, k.shape[1] - chunk), label="length")
     options = dict(SPECS[name])
     uses_ssmax = options["kind"] == "ssmax" or options.get("softmax") == "ssmax"
     g = options.get("num_global_tokens", 0)
@@ -277,12 +279,41 @@ def test_cached_attention_equals_the_naive_reference(name, data, seed):
         cache = kv_cache.KVCache(keys=jnp.asarray(k), values=jnp.asarray(v),
                                  length=jnp.asarray(length, jnp.int32),
                                  bos_query=jnp.asarray(bos))
-        out = jitted_cached_attention(name)(jnp.asarray(q_all[:, length:length + CHUNK]), cache,
+        out = jitted_cached_attention(name)(jnp.asarray(q_all[:, length:length + chunk]), cache,
                                             jnp.asarray(ssmax_s) if uses_ssmax else None)
         out = np.asarray(out)
-    expected = naive_reference(name, q_all, k, v, length, ssmax_s if uses_ssmax else None)
+    expected = naive_reference(name, q_all, k, v, length, ssmax_s if uses_ssmax else None,
+                               chunk)
     assert out.dtype == np.float64
     np.testing.assert_allclose(out, expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name, chunk, size", [
+    ("window", 1, 5), ("window", 5, 9), ("local", 1, 16), ("local", 9, 24),
+    ("lsg_pooling_g2", 1, 8), ("lsg_lsh_g1", 5, 24), ("local", 17, None), ("dense", 1, None),
+    ("routing", 1, None)])
+def test_key_span_holds_every_visible_slot(name, chunk, size):
+    """Windowed kinds score a static span of slots at a traced offset; every slot the full
+    mask shows a query of the chunk lies inside it, at every cache length."""
+    options = dict(SPECS[name])
+    kind = options.pop("kind")
+    opts = registry.make_options(kind, **options)
+    g = options.get("num_global_tokens", 0)
+    capacity = g + ORDINARY
+    span_of = jax.jit(lambda length: kv_cache.key_span(kind, opts, length, chunk, capacity))
+    if size is None:
+        assert kv_cache.key_span(kind, opts, 0, chunk, capacity) is None
+        return
+    q_offsets = np.arange(chunk)[:, None]
+    for length in range(capacity - chunk + 1):
+        start, got_size = span_of(length)
+        assert got_size == size and g <= int(start) <= capacity - size
+        visible = np.asarray(kv_cache._token_mask(kind, opts, length + q_offsets,
+                                                  np.arange(capacity)[None]))
+        slots = np.nonzero(visible.any(axis=0))[0]
+        slots = slots[slots >= g]  # none when every query of the chunk is a global token
+        assert slots.size or length + chunk <= g
+        assert np.all((int(start) <= slots) & (slots < int(start) + size))
 
 
 @pytest.mark.parametrize("name", ["dense", "lsg_pooling_g2"])
