@@ -400,7 +400,7 @@ def _compressed(opts, cache, q_slot, chunk, heads, scale, dtype):
     q_bos = None
     if opts.sparsity_type == "bos_pooling":
         q_bos = cache.bos_query.astype(dtype)
-    ck, cv, cseg = lsg_lib._compress(
+    ck, cv, cseg = lsg_lib.compress(
         opts.sparsity_type, ordinary_part(cache.keys), ordinary_part(cache.values), seg, q_bos,
         window=window, per_window=per_window, scale=scale, lsh_seed=opts.lsh_seed)
     num_compressed = ck.shape[1]

@@ -171,11 +171,15 @@ def _common_segment(ids, members, axis):
     return jnp.where(jnp.any(members, axis=axis) & (low == high), high, 0)
 
 
-def _compress(sparsity_type, k, v, seg, q_bos, *, window, per_window, scale, lsh_seed):
-    """Compressed ``(k, v, segment)``: ``[B, M, H, D]`` twice and int32 ``[B, M, H]`` (0 = masked).
+def compress(sparsity_type, k, v, seg, q_bos, *, window, per_window, scale, lsh_seed):
+    """LSG's sparse keys: compressed ``(k, v, segment)``, ``[B, M, H, D]`` twice and int32
+    ``[B, M, H]`` (0 = masked), ``M = (N / window) * per_window``.
 
-    ``k``, ``v``: ordinary tokens ``[B, N, H, D]``; ``seg``: int32 ``[B, N]``; ``q_bos``:
-    ``[B, H, D]`` (``bos_pooling`` only).
+    ``k``, ``v``: ordinary tokens ``[B, N, H, D]``, ``N`` a multiple of ``window``; ``seg``:
+    int32 ``[B, N]`` (0 = padding); ``q_bos``: ``[B, H, D]`` (``bos_pooling`` only).
+    ``(window, per_window)`` come from ``lsg_compression_window``. Each window of ``window``
+    tokens becomes ``per_window`` compressed tokens that depend on that window alone, so the
+    KV cache may compress any window-aligned slice of the keys.
     """
     batch, length, heads, head_dim = k.shape
     num_windows = length // window
@@ -341,7 +345,7 @@ def lsg_attention(q, k, v, *, block_size=128, sparse_block_size=128, sparsity_fa
         q_bos = None
         if sparsity_type == "bos_pooling":
             q_bos = jnp.where((sego[:, 0] != 0)[:, None, None], q[:, num_global], 0.0)
-        ck, cv, cseg = _compress(sparsity_type, ko, vo, sego, q_bos, window=window,
+        ck, cv, cseg = compress(sparsity_type, ko, vo, sego, q_bos, window=window,
                                  per_window=per_window, scale=scale, lsh_seed=lsh_seed)
         index = np.maximum(schedule.sparse_index, 0)
         in_range = schedule.sparse_index >= 0
