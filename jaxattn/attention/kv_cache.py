@@ -464,7 +464,7 @@ def cached_attention(q: jax.Array, cache: KVCache, *, kind: str = "dense",
 
     q_slot = cache.length.astype(jnp.int32) + jax.lax.broadcasted_iota(
         jnp.int32, (chunk, 1), 0)
-    span = None if kind == "routing" else key_span(kind, opts, cache.length, chunk, capacity)
+    span = key_span(kind, opts, cache.length, chunk, capacity)
     k_slot, keys, values = _gather_slots(cache, span, g)
     num_keys = k_slot.shape[1]
     qg = core.group_query_heads(q, kv_heads).astype(dtype)  # [B, C, K, G, D]
