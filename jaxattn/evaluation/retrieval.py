@@ -7,6 +7,7 @@ cell, and the generators draw the needle (key, value) before its position, so a 
 grid asks for the same needles at different depths. The model continues each prompt greedily
 and the task's own metric (``tasks.retrieval_correct``) scores the continuation. Landmark
 models read the prompt with ``LandmarkDecoder`` (windows of blocks and top-k retrieval);
+Titans models with ``TitansStream`` (the prompt written into every layer's memory);
 dense, SSMax, local, LSG and routing models with ``KVCacheDecoder`` (chunked prefill into
 per-layer KV caches, then one token per step); any other model re-runs its full forward pass
 over a buffer long enough for prompt + answer.
@@ -27,10 +28,11 @@ from flax import nnx
 
 from jaxattn.data import tasks
 from jaxattn.data.tokenizer import ByteTokenizer
-from jaxattn.inference import KVCacheDecoder, LandmarkDecoder, RetrievalConfig, decoder_kind
+from jaxattn.inference import (KVCacheDecoder, LandmarkDecoder, RetrievalConfig, TitansStream,
+                               decoder_kind)
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-METHODS = ("auto", "forward", "decoder", "kv_cache")
+METHODS = ("auto", "forward", "decoder", "kv_cache", "stream")
 
 # decode(prompts [B, L] int32, max_new_tokens) -> greedy continuation [B, max_new_tokens].
 DecodeFn = Callable[[np.ndarray, int], np.ndarray]
@@ -136,10 +138,25 @@ class FullForwardGreedy:
         return new
 
 
+def _generate_in_batches(decoder, prompts, max_new_tokens: int) -> np.ndarray:
+    """Greedy continuations of ``prompts [n, L]`` by a stateful ``decoder`` of fixed
+    ``batch_size``: ``batch_size`` prompts at a time from a reset decoder, a short last batch
+    padded with copies of its last row."""
+    prompts = np.asarray(prompts, np.int32)
+    size, out = decoder.batch_size, []
+    for start in range(0, prompts.shape[0], size):
+        chunk = prompts[start:start + size]
+        real = chunk.shape[0]
+        if real < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
+        decoder.reset()
+        out.append(decoder.generate(max_new_tokens, prompt=chunk)[:real])
+    return np.concatenate(out)
+
+
 class LandmarkGreedy:
     """Greedy continuation with ``LandmarkDecoder``: one decoder (and one set of compiled
-    functions) for every prompt; prompts run ``batch_size`` at a time, a short last batch
-    padded with copies of its last row."""
+    functions) for every prompt; prompts run ``batch_size`` at a time."""
 
     method = "landmark retrieval"
 
@@ -148,16 +165,22 @@ class LandmarkGreedy:
                                        batch_size=batch_size)
 
     def __call__(self, prompts, max_new_tokens: int) -> np.ndarray:
-        prompts = np.asarray(prompts, np.int32)
-        size, out = self.decoder.batch_size, []
-        for start in range(0, prompts.shape[0], size):
-            chunk = prompts[start:start + size]
-            real = chunk.shape[0]
-            if real < size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
-            self.decoder.reset()
-            out.append(self.decoder.generate(max_new_tokens, prompt=chunk)[:real])
-        return np.concatenate(out)
+        return _generate_in_batches(self.decoder, prompts, max_new_tokens)
+
+
+class TitansGreedy:
+    """Greedy continuation with ``TitansStream`` (Titans models): the prompt is written into
+    every layer's neural memory piece by piece, then one token per step, so decoding holds
+    the constant-size stream state rather than the prompt. Prompts run ``batch_size`` at a
+    time, each batch from the learned initial memory."""
+
+    method = "titans memory"
+
+    def __init__(self, model, *, batch_size: int, max_piece_len: int = 512):
+        self.stream = TitansStream(model, batch_size=batch_size, max_piece_len=max_piece_len)
+
+    def __call__(self, prompts, max_new_tokens: int) -> np.ndarray:
+        return _generate_in_batches(self.stream, prompts, max_new_tokens)
 
 
 class KVCacheGreedy:
@@ -167,8 +190,7 @@ class KVCacheGreedy:
 
     The caches hold prompt + answer rounded up to a multiple of ``prefill_chunk``; one
     decoder (and its compiled functions) is kept per such capacity, so every prompt length
-    of a grid compiles once. Prompts run ``batch_size`` at a time, a short last batch padded
-    with copies of its last row.
+    of a grid compiles once. Prompts run ``batch_size`` at a time.
     """
 
     method = "kv cache"
@@ -188,24 +210,17 @@ class KVCacheGreedy:
 
     def __call__(self, prompts, max_new_tokens: int) -> np.ndarray:
         prompts = np.asarray(prompts, np.int32)
-        decoder = self._decoder(prompts.shape[1] + max_new_tokens)
-        size, out = self.batch_size, []
-        for start in range(0, prompts.shape[0], size):
-            chunk = prompts[start:start + size]
-            real = chunk.shape[0]
-            if real < size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
-            decoder.reset()
-            out.append(decoder.generate(max_new_tokens, prompt=chunk)[:real])
-        return np.concatenate(out)
+        return _generate_in_batches(self._decoder(prompts.shape[1] + max_new_tokens), prompts,
+                                    max_new_tokens)
 
 
 def greedy_decoder(model, *, method: str = "auto", retrieval: RetrievalConfig | None = None,
                    batch_size: int = 1) -> DecodeFn:
     """A ``DecodeFn`` for ``model``. ``"auto"``: ``LandmarkGreedy`` for landmark models,
-    ``KVCacheGreedy`` for models whose every layer is causal dense, ssmax, local, LSG or
-    routing attention, ``FullForwardGreedy`` otherwise (Titans). ``"forward"``,
-    ``"decoder"`` (landmark) and ``"kv_cache"`` force one.
+    ``TitansGreedy`` for Titans models, ``KVCacheGreedy`` for models whose every layer is
+    causal dense, ssmax, local, LSG or routing attention, ``FullForwardGreedy`` otherwise.
+    ``"forward"``, ``"decoder"`` (landmark), ``"stream"`` (Titans) and ``"kv_cache"`` force
+    one.
 
     Routing with ``cluster_size=None``: the KV cache keeps the training window
     ``train_len // num_clusters``, while ``FullForwardGreedy``'s window follows its buffer
@@ -217,9 +232,12 @@ def greedy_decoder(model, *, method: str = "auto", retrieval: RetrievalConfig | 
             kind = decoder_kind(model)
         except ValueError:
             kind = "forward"
-        method = {"landmark": "decoder", "kv_cache": "kv_cache"}.get(kind, "forward")
+        method = {"landmark": "decoder", "titans": "stream", "kv_cache": "kv_cache"}.get(
+            kind, "forward")
     if method == "decoder":
         return LandmarkGreedy(model, retrieval, batch_size=batch_size)
+    if method == "stream":
+        return TitansGreedy(model, batch_size=batch_size)
     if method == "kv_cache":
         return KVCacheGreedy(model, batch_size=batch_size)
     return FullForwardGreedy(model)

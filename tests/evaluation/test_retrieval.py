@@ -112,3 +112,25 @@ def test_greedy_decoders_match_stepwise_argmax(kind, options, method, decoder_cl
         expected = np.asarray(logits[:, tokens.shape[1] - 1]).argmax(-1)
         np.testing.assert_array_equal(new[:, step], expected)
         tokens = np.concatenate([tokens, expected[:, None].astype(np.int32)], axis=1)
+
+
+@pytest.mark.parametrize("arch", ["mac", "mal"])
+def test_titans_decode_through_the_memory_stream_like_the_full_forward(arch):
+    """Titans models decode with ``TitansStream`` (the prompt written into the memories);
+    batches of 2 over 3 prompts pad the last one; the greedy tokens equal the full forward's,
+    whose buffer rounds prompt + answer up to the layers' multiple."""
+    from tests.nn.test_titans_lm import VOCAB as TITANS_VOCAB, lm
+
+    model = lm(arch, seed=3)
+    prompts = np.random.default_rng(1).integers(1, TITANS_VOCAB, size=(3, 13)).astype(np.int32)
+    stream = rl.greedy_decoder(model, batch_size=2)
+    assert isinstance(stream, rl.TitansGreedy) and stream.method == "titans memory"
+    forward = rl.greedy_decoder(model, method="forward")
+    assert isinstance(forward, rl.FullForwardGreedy)
+    new = stream(prompts, 5)
+    assert new.shape == (3, 5) and new.dtype == np.int32
+    np.testing.assert_array_equal(new, forward(prompts, 5))
+    assert stream.stream.num_tokens == 13 + 5  # the last batch: its prompt and its answer
+    np.testing.assert_array_equal(stream(prompts[2:], 5), new[2:])
+    with pytest.raises(ValueError, match="Titans"):
+        rl.greedy_decoder(tiny_model(), method="stream")
