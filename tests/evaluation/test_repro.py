@@ -43,7 +43,8 @@ def test_every_kind_builds_and_runs_at_every_eval_length(size):
     configs = {k: repro_config.get_config(f"kind={k},size={size}") for k in repro_config.KINDS}
     reference = _shared(configs["dense"])
     train_len = configs["dense"].data.seq_len
-    assert train_len == {"tiny": 512, "small": 1024}[size]
+    assert train_len == {"tiny": 512, "cpu": 512, "small": 1024}[size]
+    assert set(repro.SIZE_DEFAULTS) == set(repro_config.SIZES)  # evaluation settings too
     lengths = repro_config.eval_lengths(configs["dense"], (1, 2, 4, 8, 16))
     assert lengths == [train_len * f for f in (1, 2, 4, 8, 16)]
     kinds_seen = set()
@@ -77,7 +78,7 @@ def test_config_arguments():
     with pytest.raises(ValueError, match="unknown kind 'mamba'; valid kinds: dense, ssmax, "
                                          "landmark, lsg, routing, titans_mac"):
         repro_config.get_config("kind=mamba")
-    with pytest.raises(ValueError, match="unknown size 'huge'; valid sizes: tiny, small"):
+    with pytest.raises(ValueError, match="unknown size 'huge'; valid sizes: tiny, cpu, small"):
         repro_config.get_config("size=huge")
     with pytest.raises(ValueError, match="seq_len must be a multiple of 128"):
         repro_config.get_config("seq_len=600")
