@@ -75,40 +75,27 @@ def _tiny(config) -> None:
     config.checkpoint.save_every = 20
 
 
-def _cpu(config) -> None:
-    config.data.seq_len = 512
-    config.data.batch_size = 8
-    config.model.num_layers = 2
-    config.model.embed_dim = 128
-    config.model.num_heads = 4
-    config.model.num_kv_heads = 4
-    config.model.head_dim = 32
-    config.model.mlp_dim = 384
-    config.optim.learning_rate = 2e-3
-    config.optim.warmup_steps = 60
-    config.train.steps = 600
-    config.train.log_every = 50
-    config.train.eval_every = 200
-    config.train.eval_batches = 4
-    config.checkpoint.save_every = 200
+def _model_and_schedule(*, seq_len, batch_size, num_layers, embed_dim, num_heads, mlp_dim,
+                        learning_rate, warmup_steps, steps, eval_every, eval_batches):
+    """A size's settings as ``config.update_from_flattened_dict`` takes them (heads of 32,
+    as many key/value heads as query heads, a checkpoint at every evaluation)."""
+    return {"data.seq_len": seq_len, "data.batch_size": batch_size,
+            "model.num_layers": num_layers, "model.embed_dim": embed_dim,
+            "model.num_heads": num_heads, "model.num_kv_heads": num_heads,
+            "model.head_dim": 32, "model.mlp_dim": mlp_dim,
+            "optim.learning_rate": learning_rate, "optim.warmup_steps": warmup_steps,
+            "train.steps": steps, "train.log_every": 50, "train.eval_every": eval_every,
+            "train.eval_batches": eval_batches, "checkpoint.save_every": eval_every}
 
 
-def _small(config) -> None:
-    config.data.seq_len = 1024
-    config.data.batch_size = 16
-    config.model.num_layers = 6
-    config.model.embed_dim = 256
-    config.model.num_heads = 8
-    config.model.num_kv_heads = 8
-    config.model.head_dim = 32
-    config.model.mlp_dim = 768
-    config.optim.learning_rate = 1e-3
-    config.optim.warmup_steps = 100
-    config.train.steps = 2000
-    config.train.log_every = 50
-    config.train.eval_every = 500
-    config.train.eval_batches = 8
-    config.checkpoint.save_every = 500
+_PRESETS = {
+    "cpu": _model_and_schedule(
+        seq_len=512, batch_size=8, num_layers=2, embed_dim=128, num_heads=4, mlp_dim=384,
+        learning_rate=2e-3, warmup_steps=60, steps=600, eval_every=200, eval_batches=4),
+    "small": _model_and_schedule(
+        seq_len=1024, batch_size=16, num_layers=6, embed_dim=256, num_heads=8, mlp_dim=768,
+        learning_rate=1e-3, warmup_steps=100, steps=2000, eval_every=500, eval_batches=8),
+}
 
 
 def _set_kind(config, kind: str) -> None:
@@ -175,7 +162,10 @@ def get_config(arg: str | None = None):
         raise ValueError(f"steps must be a positive int (0: the size's default), got "
                          f"{args.steps}")
     config = common.base_config()
-    {"tiny": _tiny, "cpu": _cpu, "small": _small}[args.size](config)
+    if args.size == "tiny":
+        _tiny(config)
+    else:
+        config.update_from_flattened_dict(_PRESETS[args.size])
     config.data.corpus = f"task:{args.task}"
     if args.steps:
         common.set_steps(config, args.steps)
