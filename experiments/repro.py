@@ -81,7 +81,7 @@ def define_flags():
                         "comparison report.")
     flags.DEFINE_enum("size", "tiny", list(repro_config.SIZES),
                       "tiny: the smoke model, a sanity check; cpu: 2 layers x 128, the whole "
-                      "suite in about 1.5 hours on a 2-core CPU; small: the GPU model.")
+                      "suite in about an hour on a 2-core CPU; small: the GPU model.")
     flags.DEFINE_list("kinds", list(ALL_KINDS), f"Kinds to run: any of {', '.join(ALL_KINDS)}.")
     flags.DEFINE_integer("steps", 0, "Training steps per kind (0: the size's default).")
     flags.DEFINE_integer("seq_len", 0, "Training length (0: the size's default).")
