@@ -23,8 +23,9 @@ Arguments after the colon:
   32, 1024 tokens, batch 16, 2000 steps; a few minutes per kind on one GPU). Parameters
   (small): 5.18M for dense, SSMax, landmark and LSG, 4.79M for routing (one shared query-key
   projection), 7.60M for Titans-MAC (its memories).
-- ``steps``, ``seq_len`` (the training length ``T``: a multiple of 128), ``task``;
-  ``smoke`` is ``size=tiny``.
+- ``steps``, ``seq_len`` (the training length ``T``: a multiple of 128), ``task``, ``seed``
+  (initialisation and data order; 0 by default; repeat a run under other seeds to see how
+  far its numbers move); ``smoke`` is ``size=tiny``.
 
 Every kind shares the model size, data, optimizer, steps and seed; only the attention (or,
 for ``titans_mac``, the Titans layers) differs. All kinds use as many key/value heads as
@@ -148,7 +149,7 @@ def eval_lengths(config, factors=(1, 2, 4, 8)) -> list[int]:
 
 
 def get_config(arg: str | None = None):
-    args = common.parse_arg(arg, kind="dense", size="tiny", steps=0, seq_len=0,
+    args = common.parse_arg(arg, kind="dense", size="tiny", steps=0, seq_len=0, seed=0,
                             task=DEFAULT_TASK, smoke=False)
     if args.smoke:  # every config's CPU smoke setting; here it is the tiny size
         args.size = "tiny"
@@ -161,7 +162,10 @@ def get_config(arg: str | None = None):
     if args.steps < 0:
         raise ValueError(f"steps must be a positive int (0: the size's default), got "
                          f"{args.steps}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {args.seed}")
     config = common.base_config()
+    config.seed = args.seed
     if args.size == "tiny":
         _tiny(config)
     else:

@@ -85,6 +85,8 @@ def define_flags():
     flags.DEFINE_list("kinds", list(ALL_KINDS), f"Kinds to run: any of {', '.join(ALL_KINDS)}.")
     flags.DEFINE_integer("steps", 0, "Training steps per kind (0: the size's default).")
     flags.DEFINE_integer("seq_len", 0, "Training length (0: the size's default).")
+    flags.DEFINE_integer("seed", 0, "Initialisation and data-order seed of every kind (the "
+                         "retrieval prompts stay the same).")
     flags.DEFINE_string("task", repro_config.DEFAULT_TASK,
                         f"Training task and retrieval task: one of "
                         f"{', '.join(tasks.RETRIEVAL_TASKS)}.")
@@ -123,13 +125,13 @@ def check_kinds(kinds) -> list[str]:
     return [k for k in ALL_KINDS if k in kinds]
 
 
-def config_arg(kind: str, *, size: str, task: str, steps: int = 0, seq_len: int = 0) -> str:
+def config_arg(kind: str, *, size: str, task: str, steps: int = 0, seq_len: int = 0,
+               seed: int = 0) -> str:
     """The ``configs/repro.py`` argument of a trained kind."""
     parts = [f"kind={kind}", f"size={size}", f"task={task}"]
-    if steps:
-        parts.append(f"steps={steps}")
-    if seq_len:
-        parts.append(f"seq_len={seq_len}")
+    for name, value in (("steps", steps), ("seq_len", seq_len), ("seed", seed)):
+        if value:
+            parts.append(f"{name}={value}")
     return ",".join(parts)
 
 
@@ -407,7 +409,8 @@ def write_repro_report(workdir: str, *, requested=ALL_KINDS, command: str | None
 
 
 def run_suite(workdir: str, *, size: str, kinds, task: str = repro_config.DEFAULT_TASK,
-              steps: int = 0, seq_len: int = 0, eval_lens=(), ppl_corpus: str = "builtin:kjv",
+              steps: int = 0, seq_len: int = 0, seed: int = 0, eval_lens=(),
+              ppl_corpus: str = "builtin:kjv",
               max_windows: int | None = None, depths=None, trials: int | None = None,
               room: int = 0, batch_size: int | None = None, repeats: int | None = None,
               top_k: int = 4, chunk_blocks: int = 8, report_only: bool = False,
@@ -424,7 +427,7 @@ def run_suite(workdir: str, *, size: str, kinds, task: str = repro_config.DEFAUL
     if report_only:
         return write_repro_report(workdir, requested=kinds, command=command), {}
     defaults = SIZE_DEFAULTS[size]
-    args = {k: config_arg(k, size=size, task=task, steps=steps, seq_len=seq_len)
+    args = {k: config_arg(k, size=size, task=task, steps=steps, seq_len=seq_len, seed=seed)
             for k in repro_config.KINDS}
     configs = {k: repro_config.get_config(a) for k, a in args.items()}  # all checked up front
     settings = eval_settings(
@@ -484,7 +487,7 @@ def main(argv):
     f = flags.FLAGS
     files, failures = run_suite(
         f.workdir, size=f.size, kinds=f.kinds, task=f.task, steps=f.steps, seq_len=f.seq_len,
-        eval_lens=f.eval_lens, ppl_corpus=f.ppl_corpus, max_windows=f.max_windows,
+        seed=f.seed, eval_lens=f.eval_lens, ppl_corpus=f.ppl_corpus, max_windows=f.max_windows,
         depths=f.depths, trials=f.trials, room=f.answer_room, batch_size=f.batch_size,
         repeats=f.repeats, top_k=f.top_k, chunk_blocks=f.chunk_blocks,
         report_only=f.report_only, reeval=f.reeval, progress=f.progress,

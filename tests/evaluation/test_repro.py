@@ -80,6 +80,13 @@ def test_config_arguments():
         repro_config.get_config("kind=mamba")
     with pytest.raises(ValueError, match="unknown size 'huge'; valid sizes: tiny, cpu, small"):
         repro_config.get_config("size=huge")
+    config = repro_config.get_config("kind=dense,size=cpu,seed=7")
+    assert config.seed == 7 and repro_config.get_config("kind=dense,size=cpu").seed == 0
+    assert repro.config_arg("lsg", size="cpu", task="passkey", seed=7, steps=50) == (
+        "kind=lsg,size=cpu,task=passkey,steps=50,seed=7")
+    assert repro.config_arg("lsg", size="cpu", task="passkey") == "kind=lsg,size=cpu,task=passkey"
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\), got -1"):
+        repro_config.get_config("seed=-1")
     with pytest.raises(ValueError, match="seq_len must be a multiple of 128"):
         repro_config.get_config("seq_len=600")
     with pytest.raises(ValueError, match="task must be a retrieval task"):
