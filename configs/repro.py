@@ -18,8 +18,8 @@ Arguments after the colon:
   ``titans_mac`` (every layer a Titans memory-as-context block, segments of ``T/8``).
 - ``size``: ``tiny`` (the smoke model: 2 layers x 64 wide, 512 tokens, 20 steps; a sanity
   check), ``cpu`` (2 layers x 128 wide, 4 heads of 32, 512 tokens, batch 8, 600 steps; the
-  model whose whole suite runs on a 2-core CPU in about an hour: 0.46M
-  parameters, 0.43M routing, 0.70M Titans-MAC) or ``small`` (6 layers x 256 wide, 8 heads of
+  whole suite runs on a 2-core CPU in about an hour; 0.46M parameters, 0.43M routing, 0.70M
+  Titans-MAC) or ``small`` (6 layers x 256 wide, 8 heads of
   32, 1024 tokens, batch 16, 2000 steps; a few minutes per kind on one GPU). Parameters
   (small): 5.18M for dense, SSMax, landmark and LSG, 4.79M for routing (one shared query-key
   projection), 7.60M for Titans-MAC (its memories).
