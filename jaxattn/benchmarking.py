@@ -36,6 +36,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from jaxattn.attention import dense
 from jaxattn.attention import registry
 
 LAYER_PREFIX = "layer:"
@@ -266,7 +267,7 @@ def layer_option_names(kind):
     if kind not in LAYER_KINDS:
         raise ValueError(f"unknown layer kind {kind!r}; layer kinds: {', '.join(LAYER_KINDS)}")
     if kind == "layer:dense":
-        return [field.name for field in dataclasses.fields(registry.DenseOptions)]
+        return [field.name for field in dataclasses.fields(dense.DenseOptions)]
     from jaxattn.nn.titans import TitansConfig  # pylint: disable=import-outside-toplevel
     return [field.name for field in dataclasses.fields(TitansConfig) if field.name != "arch"]
 

@@ -17,6 +17,7 @@ from absl.testing import flagsaver
 
 from experiments import bench
 from jaxattn import benchmarking
+from jaxattn.attention import DenseOptions
 from jaxattn.attention import registry
 from jaxattn.inference.kv_decoder import SLOT_MULTIPLE
 
@@ -90,7 +91,7 @@ class _StatefulVariant:
     """Stands in for a stateful kind: it must receive the state its ``init_state`` made."""
 
     name: str = "stateful"
-    options_cls: type = registry.DenseOptions
+    options_cls: type = DenseOptions
     forced: dict = dataclasses.field(default_factory=dict)
 
     def init_state(self, options, *, num_heads, head_dim, key):

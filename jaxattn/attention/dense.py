@@ -7,11 +7,13 @@ logits are ``z_ij * s_h * log(n_i)``: Scalable-Softmax (Nakanishi 2025, arXiv 25
 sees under the full mask.
 """
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 
 from jaxattn.attention import core
+from jaxattn.attention import registry
 from jaxattn.attention import ssmax as ssmax_lib
 
 
@@ -94,3 +96,35 @@ def dense_attention(q, k, v, *, causal=True, segment_ids=None, kv_segment_ids=No
     probs = core.masked_softmax(logits, jnp.expand_dims(mask, 1))
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(dtype))
     return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseOptions(registry.Options):
+    """Options of ``dense_attention`` (kinds ``"dense"`` and ``"ssmax"``)."""
+
+    causal: bool = True
+    window: int | None = None
+    softmax: str = "softmax"
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_window(self.window)
+        core.check_softmax(self.softmax)
+
+
+# Kind "ssmax" is registered here, not in ssmax.py: it is this module's function with
+# softmax="ssmax" forced, and ssmax.py (imported above) holds the SSMax helpers that every
+# softmax-based variant uses, so it cannot import this module back.
+registry.register(
+    "dense",
+    dense_attention,
+    DenseOptions,
+    doc="Dense softmax attention (causal or bidirectional, optional sliding window).",
+)
+registry.register(
+    "ssmax",
+    dense_attention,
+    DenseOptions,
+    doc="Dense attention with Scalable-Softmax: logits scaled by s_h * log(n_i).",
+    forced={"softmax": "ssmax"},
+)

@@ -30,6 +30,7 @@ causal logits} (normaliser ``Z_i = exp(LSE_out)``), and the weight of a past tok
 product of its block's outer weight and its inner weight.
 """
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ import numpy as np
 
 from jaxattn.attention import checks
 from jaxattn.attention import core
+from jaxattn.attention import registry
 
 
 def _check_block_size(block_size):
@@ -473,3 +475,43 @@ def landmark_lm_targets(targets, loss_mask, segment_ids, mem_freq, landmark_id):
     new_mask = jnp.concatenate([mask_blocks[:, :, :-1], live[:, :, None], mask_blocks[:, :, -1:]],
                                axis=2)
     return (new_targets.reshape(batch, -1), new_mask.reshape(batch, -1))
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkOptions(registry.Options):
+    """Options of landmark attention (kind ``"landmark"``); see ``apply_landmark``.
+
+    ``TransformerLM`` inserts a landmark token after every ``mem_freq`` tokens (blocks of
+    ``mem_freq + 1``), so ``check_seq_len`` takes the length of the ordinary tokens. With
+    ``landmark_in_loss`` the training loss also counts the landmark positions (the token
+    before a landmark predicts it, the landmark predicts the next block's first token), as
+    in the paper's ``lm_benchmark``; evaluation always scores the ordinary tokens only.
+    """
+
+    causal: bool = True
+    mem_freq: int = 50
+    softmax: str = "softmax"
+    landmark_in_loss: bool = False
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_positive_int("mem_freq", self.mem_freq)
+        core.check_softmax(self.softmax)
+        if not isinstance(self.landmark_in_loss, bool):
+            raise ValueError(f"landmark_in_loss must be a bool, got {self.landmark_in_loss!r}")
+
+    def check_seq_len(self, seq_len):
+        super().check_seq_len(seq_len)
+        check_mem_freq_multiple("seq_len", seq_len, self.mem_freq)
+
+    @property
+    def block_size(self) -> int:
+        return self.mem_freq + 1
+
+
+registry.register(
+    "landmark",
+    apply_landmark,
+    LandmarkOptions,
+    doc="Landmark attention: a landmark token per block gates the block (grouped softmax).",
+)

@@ -6,6 +6,7 @@ Each query block runs a masked softmax over its ``[block, 2 or 3 * block]`` logi
 is ``O(T * block)``: this is the static-shape computation a block-sparse kernel reproduces.
 """
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import numpy as np
 
 from jaxattn.attention import checks
 from jaxattn.attention import core
+from jaxattn.attention import registry
 from jaxattn.attention import ssmax as ssmax_lib
 
 
@@ -121,3 +123,28 @@ def local_attention(q, k, v, *, block_size, causal=True, segment_ids=None, softm
     probs = core.masked_softmax(logits, mask[:, :, None, None])
     out = jnp.einsum("bnkgqs,bnskd->bnqkgd", probs, vb.astype(dtype))
     return out.reshape(batch, seq_len, heads, head_dim).astype(q.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOptions(registry.Options):
+    """Options of ``local_attention`` (kind ``"local"``)."""
+
+    causal: bool = True
+    block_size: int = 64
+    softmax: str = "softmax"
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_positive_int("block_size", self.block_size)
+        core.check_softmax(self.softmax)
+
+    def check_seq_len(self, seq_len):
+        check_seq_len(seq_len, self.block_size)
+
+
+registry.register(
+    "local",
+    local_attention,
+    LocalOptions,
+    doc="Block-local attention: each query block sees its own and the neighbouring key blocks.",
+)

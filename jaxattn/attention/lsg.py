@@ -58,6 +58,7 @@ causal query block reads summarises only tokens before block ``b-1`` (asserted s
 keys (global + local + sparse) it sees under the mask, for head ``h``.
 """
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -68,6 +69,7 @@ import numpy as np
 from jaxattn.attention import checks
 from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
+from jaxattn.attention import registry
 
 SPARSITY_TYPES = ("none", "pooling", "stride", "block_stride", "norm", "bos_pooling", "lsh")
 
@@ -389,3 +391,43 @@ def lsg_attention(q, k, v, *, block_size=128, sparse_block_size=128, sparsity_fa
                                  scale=scale, ssmax_s=s)
         out = jnp.concatenate([out_global, out], axis=1)
     return out.astype(out_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LSGOptions(registry.Options):
+    """Options of LSG attention (kind ``"lsg"``); see ``lsg_attention``.
+
+    The first ``num_global_tokens`` positions the function receives are the global tokens:
+    ``TransformerLM`` prepends that many learned embeddings, so ``check_seq_len`` takes the
+    length of the ordinary tokens.
+    """
+
+    causal: bool = True
+    block_size: int = 128
+    sparse_block_size: int = 128
+    sparsity_factor: int = 2
+    sparsity_type: str = "norm"
+    num_global_tokens: int = 1
+    softmax: str = "softmax"
+    lsh_seed: int = 0
+
+    def validate(self):
+        core.check_causal(self.causal)
+        check_geometry(self.block_size, self.sparsity_factor, self.sparse_block_size)
+        check_sparsity_type(self.sparsity_type)
+        core.check_int("num_global_tokens", self.num_global_tokens, minimum=0)
+        core.check_softmax(self.softmax)
+        core.check_int("lsh_seed", self.lsh_seed, minimum=0)
+
+    def check_seq_len(self, seq_len):
+        super().check_seq_len(seq_len)
+        check_seq_len(seq_len + self.num_global_tokens, block_size=self.block_size,
+                      num_global_tokens=self.num_global_tokens)
+
+
+registry.register(
+    "lsg",
+    lsg_attention,
+    LSGOptions,
+    doc="LSG attention: local blocks, compressed sparse tokens and global tokens.",
+)

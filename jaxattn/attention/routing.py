@@ -23,6 +23,7 @@ Two ways to give every cluster a static size ``w``:
 paper's mix of local and routing heads.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -32,6 +33,7 @@ import numpy as np
 from jaxattn.attention import checks
 from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
+from jaxattn.attention import registry
 
 ASSIGNMENTS = ("argmax", "balanced")
 _LN_EPS = 1e-6
@@ -436,3 +438,64 @@ def apply_routing(q, k, v, *, state, segment_ids=None, ssmax_s=None, implementat
     del decay, commitment_weight
     return routing_attention(q, k, v, centroids=state, segment_ids=segment_ids,
                              ssmax_s=ssmax_s, implementation=implementation, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingOptions(registry.Options):
+    """Options of routing attention (kind ``"routing"``); see ``routing_attention``.
+
+    ``decay`` (k-means EMA) and ``commitment_weight`` (auxiliary loss) act in the training
+    update of the centroids, the rest in the attention itself.
+    """
+
+    causal: bool = True
+    num_clusters: int = 4
+    cluster_size: int | None = None
+    assignment: str | None = None
+    shared_qk: bool = True
+    local_heads: int = 0
+    block_size: int = 64
+    softmax: str = "softmax"
+    decay: float = 0.999
+    commitment_weight: float = 1e-4
+
+    def validate(self):
+        core.check_causal(self.causal)
+        core.check_positive_int("num_clusters", self.num_clusters)
+        if self.cluster_size is not None:
+            core.check_positive_int("cluster_size", self.cluster_size)
+        assignment = resolve_assignment(self.assignment, self.causal)
+        if not isinstance(self.shared_qk, bool):
+            raise ValueError(f"shared_qk must be a bool, got {self.shared_qk!r}")
+        if assignment == "argmax" and not self.shared_qk:
+            raise ValueError("shared_qk must be True with assignment='argmax' (each token is "
+                             "routed once, by its query, which is also its key)")
+        core.check_int("local_heads", self.local_heads, minimum=0)
+        core.check_positive_int("block_size", self.block_size)
+        core.check_softmax(self.softmax)
+        if not (isinstance(self.decay, float) and 0.0 <= self.decay < 1.0):
+            raise ValueError(f"decay must be a float in [0, 1), got {self.decay!r}")
+        if not (isinstance(self.commitment_weight, (int, float))
+                and not isinstance(self.commitment_weight, bool)
+                and self.commitment_weight >= 0):
+            raise ValueError(f"commitment_weight must be a non-negative float, got "
+                             f"{self.commitment_weight!r}")
+
+    def check_seq_len(self, seq_len):
+        super().check_seq_len(seq_len)
+        window = default_cluster_size(seq_len, self.num_clusters, self.cluster_size)
+        if resolve_assignment(self.assignment, self.causal) == "argmax" and seq_len % window:
+            raise ValueError(f"sequence length {seq_len} is not a multiple of cluster_size="
+                             f"{window}; choose num_clusters or cluster_size to divide it")
+        if self.local_heads:
+            local_lib.check_seq_len(seq_len, self.block_size)
+
+
+registry.register(
+    "routing",
+    apply_routing,
+    RoutingOptions,
+    doc="Routing attention: online k-means clusters, attention inside each cluster.",
+    init_state=init_routing_state,
+    update_state=update_routing_state,
+)
