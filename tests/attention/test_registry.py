@@ -1,6 +1,11 @@
 """The attention registry: names, option validation, forced options, apply."""
 
 import dataclasses
+import inspect
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +15,8 @@ import pytest
 from jaxattn.attention import (DenseOptions, LocalOptions, dense_attention, get_variant, list_variants,
                                local_attention, make_options, register)
 from jaxattn.attention import registry
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -154,7 +161,7 @@ def test_apply_rejects_wrong_options():
 
 
 @dataclasses.dataclass(frozen=True)
-class _ScaledOptions(registry._Options):
+class _ScaledOptions(registry.Options):
     causal: bool = True
     factor: int = 2
 
@@ -201,3 +208,40 @@ def test_register_rejects_bad_arguments(scratch_registry):
     with pytest.raises(ValueError, match="softmax must be one of"):
         register("x", dense_attention, DenseOptions, doc="x", forced={"softmax": "sparsemax"})
     assert "x" not in list_variants()
+
+
+def test_registry_names_no_kind():
+    """The registry is generic: every kind lives in (and registers from) its own module."""
+    # ``ssmax_s`` is the per-head SSMax scale of the calling convention every variant's
+    # function takes; it names a softmax option, not a kind.
+    source = inspect.getsource(registry).replace("ssmax_s", "").lower()
+    kinds = set(list_variants()) | {"titans"}
+    assert {"dense", "local", "ssmax"} <= kinds
+    for kind in sorted(kinds):
+        assert kind.lower() not in source, f"registry.py names attention kind {kind!r}"
+
+
+def test_options_live_with_their_variant():
+    for name in list_variants():
+        variant = get_variant(name)
+        assert issubclass(variant.options_cls, registry.Options), name
+        assert variant.options_cls.__module__ == variant.fn.__module__, name
+        assert variant.options_cls.__module__.startswith("jaxattn.attention."), name
+        if variant.stateful:
+            assert variant.init_state.__module__ == variant.fn.__module__, name
+            assert variant.update_state.__module__ == variant.fn.__module__, name
+
+
+@pytest.mark.parametrize("statement", [
+    "import jaxattn.attention.registry as r; v = r.get_variant",
+    "from jaxattn.attention.registry import get_variant as v",
+    "from jaxattn.attention import registry as r; v = r.get_variant",
+])
+def test_importing_registry_alone_registers_every_kind(statement):
+    code = f"{statement}; print(v('dense').name, v('ssmax').name, v('routing').stateful)"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["dense", "ssmax", "True"]
