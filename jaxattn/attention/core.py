@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattn.attention import backends
+
 SOFTMAX_KINDS = ("softmax", "ssmax")
-IMPLEMENTATIONS = (None, "reference", "pallas")
 
 
 def _is_int(value):
@@ -66,17 +67,8 @@ def check_qkv(q, k, v):
 
 
 def check_implementation(implementation):
-    """Validates ``implementation`` (``None`` or ``"reference"``); ``"pallas"`` is not built yet."""
-    valid = implementation is None or (isinstance(implementation, str) and implementation in IMPLEMENTATIONS)
-    if not valid:
-        raise ValueError(
-            f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
-        )
-    if implementation == "pallas":
-        raise NotImplementedError(
-            "implementation='pallas': the Pallas kernel is not available yet; "
-            "use implementation=None or 'reference'"
-        )
+    """Validates ``implementation``: ``None`` or one of ``backends.BACKENDS``."""
+    backends.check_implementation(implementation)
 
 
 def check_causal(causal):

@@ -7,13 +7,14 @@ is ``O(T * block)``: this is the static-shape computation a block-sparse kernel 
 """
 
 import dataclasses
-import math
 
-import jax.numpy as jnp
 import numpy as np
 
+from jaxattn.attention import backends
 from jaxattn.attention import checks
 from jaxattn.attention import core
+from jaxattn.attention import layout as layout_lib
+from jaxattn.attention import primitives
 from jaxattn.attention import registry
 from jaxattn.attention import ssmax as ssmax_lib
 
@@ -46,22 +47,17 @@ def check_seq_len(seq_len, block_size):
 def _check_options(q, k, v, *, block_size, causal, segment_ids, softmax, ssmax_s, scale, implementation):
     _, seq_len, _, _ = checks.check_self_attention(
         "local", q, k, v, causal=causal, softmax=softmax, ssmax_s=ssmax_s, scale=scale,
-        segment_ids=segment_ids, implementation=implementation)
+        segment_ids=segment_ids, implementation=implementation, table=BACKEND_TABLE)
     check_seq_len(seq_len, block_size)
 
 
-def _static_block_mask(schedule, block_size, causal):
-    """Bool ``[num_blocks, block, visits * block]``: schedule validity and causality."""
-    num_blocks, visits = schedule.shape
-    offsets = np.arange(block_size)
-    q_pos = (np.arange(num_blocks) * block_size)[:, None, None] + offsets[None, :, None]
-    k_pos = (np.maximum(schedule, 0) * block_size)[:, :, None] + offsets[None, None, :]
-    k_pos = k_pos.reshape(num_blocks, 1, visits * block_size)
-    valid = np.repeat(schedule >= 0, block_size, axis=1)[:, None, :]
-    mask = np.broadcast_to(valid, (num_blocks, block_size, visits * block_size))
-    if causal:
-        mask = mask & (k_pos <= q_pos)
-    return mask
+def block_layout(seq_len, block_size, *, causal):
+    """The ``layout.BlockLayout`` of ``local_block_schedule``: blocks of ``block_size``."""
+    schedule = local_block_schedule(seq_len // block_size, causal=causal)
+    return layout_lib.schedule_layout(schedule, block_size=block_size, causal=causal)
+
+
+BACKEND_TABLE = {"reference": backends.always, "xla_chunked": backends.always}
 
 
 def local_attention(q, k, v, *, block_size, causal=True, segment_ids=None, softmax="softmax",
@@ -74,55 +70,31 @@ def local_attention(q, k, v, *, block_size, causal=True, segment_ids=None, softm
       causal: key blocks ``b-1, b`` with ``j <= i``; else ``b-1, b, b+1``.
       segment_ids: int ``[B, T]``; a query sees only keys of its own segment; id 0 is padding
         (output 0).
-      softmax, ssmax_s, scale, implementation: as in ``dense_attention``; SSMax's ``n_i`` is
-        the number of keys visible under the local, causal and segment mask.
+      softmax, ssmax_s, scale: as in ``dense_attention``; SSMax's ``n_i`` is the number of
+        keys visible under the local, causal and segment mask.
+      implementation: ``None`` (``backends.resolve``), ``"reference"`` (``attend_layout``:
+        one softmax over the gathered blocks) or ``"xla_chunked"`` (``flash_attend``: an
+        online softmax over the same blocks).
 
     Returns:
       ``[B, T, H, D]`` in ``q.dtype``; equal to ``dense_attention`` under the same block mask.
     """
     _check_options(q, k, v, block_size=block_size, causal=causal, segment_ids=segment_ids,
                    softmax=softmax, ssmax_s=ssmax_s, scale=scale, implementation=implementation)
-    batch, seq_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    group = heads // kv_heads
-    num_blocks = seq_len // block_size
-    dtype = core.compute_dtype(q.dtype)
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-
-    schedule = local_block_schedule(num_blocks, causal=causal)
-    visits = schedule.shape[1]
-    gather = np.maximum(schedule, 0)
-
-    def gather_blocks(x):
-        # [B, T, ...] -> [B, num_blocks, visits * block, ...] following the schedule.
-        blocks = x.reshape(batch, num_blocks, block_size, *x.shape[2:])[:, gather]
-        return blocks.reshape(batch, num_blocks, visits * block_size, *x.shape[2:])
-
-    qb = core.group_query_heads(q, kv_heads)
-    qb = qb.reshape(batch, num_blocks, block_size, kv_heads, group, head_dim)
-    kb = gather_blocks(k)
-    vb = gather_blocks(v)
-    logits = jnp.einsum("bnqkgd,bnskd->bnkgqs", qb, kb, preferred_element_type=dtype)
-    logits = logits * jnp.asarray(scale, dtype)
-
-    mask = _static_block_mask(schedule, block_size, causal)[None]
-    if segment_ids is not None:
-        q_ids = segment_ids.reshape(batch, num_blocks, block_size)
-        k_ids = gather_blocks(segment_ids)
-        same = jnp.expand_dims(q_ids, 3) == jnp.expand_dims(k_ids, 2)
-        mask = mask & same & jnp.expand_dims(q_ids != 0, 3)
-    mask_batch = mask.shape[0]
-
+    name = backends.resolve(
+        implementation, kind="local", table=BACKEND_TABLE,
+        pattern=checks.self_attention_pattern(q, k, causal=causal, softmax=softmax,
+                                              segment_ids=segment_ids))
+    seq_len = q.shape[1]
+    layout = block_layout(seq_len, block_size, causal=causal)
+    rule = layout_lib.PositionRule(causal=causal)
+    rows = None
     if softmax == "ssmax":
-        n_visible = core.visible_key_count(mask).reshape(mask_batch, 1, seq_len)
-        row_scale = ssmax_lib.ssmax_logit_scale(ssmax_s, n_visible)
-        row_scale = row_scale.reshape(mask_batch, kv_heads, group, num_blocks, block_size, 1)
-        logits = logits * jnp.transpose(row_scale, (0, 3, 1, 2, 4, 5)).astype(dtype)
-
-    probs = core.masked_softmax(logits, mask[:, :, None, None])
-    out = jnp.einsum("bnkgqs,bnskd->bnqkgd", probs, vb.astype(dtype))
-    return out.reshape(batch, seq_len, heads, head_dim).astype(q.dtype)
+        counts = primitives.visible_counts(layout, rule, seq_len, seq_len,
+                                           segment_ids=segment_ids)
+        rows = ssmax_lib.ssmax_row_scale(ssmax_s, counts)
+    attend = primitives.flash_attend if name == "xla_chunked" else primitives.attend_layout
+    return attend(q, k, v, layout, rule, segment_ids=segment_ids, scale=scale, row_scale=rows)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,8 +67,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxattn.attention import checks
+from jaxattn.attention import backends
 from jaxattn.attention import core
 from jaxattn.attention import local as local_lib
+from jaxattn.attention import primitives
+from jaxattn.attention import ssmax as ssmax_lib
 from jaxattn.attention import registry
 
 SPARSITY_TYPES = ("none", "pooling", "stride", "block_stride", "norm", "bos_pooling", "lsh")
@@ -158,7 +161,7 @@ def _check_options(q, k, v, *, block_size, sparse_block_size, sparsity_factor, s
                    implementation):
     _, q_len, _, _ = checks.check_self_attention(
         "LSG", q, k, v, causal=causal, softmax=softmax, ssmax_s=ssmax_s, scale=scale,
-        segment_ids=segment_ids, implementation=implementation)
+        segment_ids=segment_ids, implementation=implementation, table=BACKEND_TABLE)
     check_sparsity_type(sparsity_type)
     check_geometry(block_size, sparsity_factor, sparse_block_size)
     core.check_int("lsh_seed", lsh_seed, minimum=0)
@@ -250,7 +253,6 @@ def _dense_rows(q_rows, k, v, seg, *, num_global, causal, scale, ssmax_s):
     Used for the global queries (``R = G``) and for short sequences (``R = T``).
     """
     num_rows, length = q_rows.shape[1], k.shape[1]
-    dtype = q_rows.dtype
     row = np.arange(num_rows)[None, :, None]
     col = np.arange(length)[None, None, :]
     q_global = row < num_global
@@ -262,13 +264,85 @@ def _dense_rows(q_rows, k, v, seg, *, num_global, causal, scale, ssmax_s):
     mask = sees_global | sees_ordinary
     if causal:
         mask = mask & (col <= row)
-    mask = mask[:, None]
-    logits = jnp.einsum("bihd,bjhd->bhij", q_rows, k) * jnp.asarray(scale, dtype)
+    rows = None
     if ssmax_s is not None:
-        count = jnp.sum(mask, axis=-1, keepdims=True).astype(dtype)
-        logits = logits * (ssmax_s.astype(dtype)[None, :, None, None] * jnp.log(jnp.maximum(count, 1.0)))
-    probs = core.masked_softmax(logits, mask)
-    return jnp.einsum("bhij,bjhd->bihd", probs, v)
+        rows = ssmax_lib.ssmax_row_scale(ssmax_s, jnp.sum(mask, axis=-1, dtype=jnp.int32))
+    return primitives.attend(q_rows, k, v, mask[:, None], scale=scale, row_scale=rows)
+
+
+BACKEND_TABLE = {"reference": backends.always, "xla_chunked": backends.always}
+
+# Query rows per chunk of the "xla_chunked" path: a chunk's gathered keys and logits are
+# the only O(rows * keys) tensors alive at once, in the forward and (rematerialised) backward.
+CHUNK_ROWS = 512
+
+
+def _blocks_per_chunk(num_blocks, block_size):
+    """The largest divisor of ``num_blocks`` with at most ``CHUNK_ROWS`` query rows (>= 1)."""
+    target = max(1, CHUNK_ROWS // block_size)
+    return max(d for d in range(1, min(target, num_blocks) + 1) if num_blocks % d == 0)
+
+
+def _ordinary_blocks(blocks, q, k, v, seg, compressed, schedule, *, num_global, block_size,
+                     causal, scale, ssmax_s):
+    """Outputs ``[B, n, B_l, H, D]`` of the ordinary query blocks ``blocks`` (int ``[n]``,
+    NumPy or traced): one ``primitives.attend`` per block over its global, sparse and local
+    keys (see the module doc). ``q``/``k``/``v`` ``[B, T, H, D]`` with the globals first;
+    ``compressed`` is ``compress``'s ``(k, v, segment)`` or ``None``."""
+    batch, _, heads, head_dim = q.shape
+    count = blocks.shape[0]
+    ordinary_blocks = (q.shape[1] - num_global) // block_size
+
+    def by_block(x):
+        return x[:, num_global:].reshape(batch, ordinary_blocks, block_size, *x.shape[2:])
+
+    qo, q_ids = by_block(q)[:, blocks], by_block(seg)[:, blocks]  # [B, n, B_l, ...]
+    q_real = (q_ids != 0)[:, :, None, :, None]  # [B, n, 1, B_l, 1]
+    keys = [jnp.broadcast_to(k[:, None, :num_global], (batch, count, num_global, heads, head_dim))]
+    values = [jnp.broadcast_to(v[:, None, :num_global], keys[0].shape)]
+    masks = [jnp.broadcast_to(q_real, (batch, count, 1, block_size, num_global))]
+
+    if compressed is not None:
+        ck, cv, cseg = compressed
+        sparse_index = jnp.asarray(schedule.sparse_index)[blocks]  # [n, S']
+        index = jnp.maximum(sparse_index, 0)
+        keys.append(ck[:, index])
+        values.append(cv[:, index])
+        same = jnp.transpose(cseg[:, index], (0, 1, 3, 2))[:, :, :, None, :] == \
+            q_ids[:, :, None, :, None]
+        masks.append(same & q_real & (sparse_index >= 0)[None, :, None, None, :])
+
+    local_blocks = jnp.asarray(schedule.local_blocks)[blocks]  # [n, visits]
+    visits = local_blocks.shape[1]
+    gather = jnp.maximum(local_blocks, 0)
+
+    def gather_blocks(x):
+        return by_block(x)[:, gather].reshape(batch, count, visits * block_size, *x.shape[2:])
+
+    keys.append(gather_blocks(k))
+    values.append(gather_blocks(v))
+    offsets = jnp.arange(block_size)
+    q_pos = (blocks[:, None] * block_size + offsets[None, :])[:, :, None]
+    k_pos = (gather[:, :, None] * block_size + offsets[None, None, :]).reshape(
+        count, 1, visits * block_size)
+    static = jnp.repeat(local_blocks >= 0, block_size, axis=1)[:, None, :]
+    if causal:
+        static = static & (k_pos <= q_pos)
+    same = q_ids[:, :, :, None] == gather_blocks(seg)[:, :, None, :]
+    masks.append((same & static[None])[:, :, None] & q_real)
+
+    mask = jnp.concatenate([jnp.broadcast_to(m, m.shape[:2] + (heads,) + m.shape[3:])
+                            for m in masks], axis=-1)  # [B, n, H, B_l, keys]
+    flat = lambda x: x.reshape(batch * count, *x.shape[2:])
+    rows = None
+    if ssmax_s is not None:
+        visible = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # [B, n, H, B_l]
+        rows = ssmax_s.astype(q.dtype)[None, None, :] * jnp.log(
+            jnp.maximum(flat(jnp.swapaxes(visible, 2, 3)), 1).astype(q.dtype))  # [Bn, B_l, H]
+    out = primitives.attend(flat(qo), flat(jnp.concatenate(keys, axis=2)),
+                            flat(jnp.concatenate(values, axis=2)), flat(mask), scale=scale,
+                            row_scale=rows)
+    return out.reshape(batch, count, block_size, heads, head_dim)
 
 
 def lsg_attention(q, k, v, *, block_size=128, sparse_block_size=128, sparsity_factor=2,
@@ -287,8 +361,11 @@ def lsg_attention(q, k, v, *, block_size=128, sparse_block_size=128, sparsity_fa
       causal: local blocks ``b-1, b`` with ``j <= i`` and left sparse keys only; global queries
         see earlier global keys only.
       segment_ids: int ``[B, T]``, 0 = padding; the entries of the global positions are ignored.
-      softmax, ssmax_s, scale, implementation: as in ``dense_attention``.
+      softmax, ssmax_s, scale: as in ``dense_attention``.
       lsh_seed: int ``>= 0``, seed of the ``lsh`` projections.
+      implementation: ``None`` (``backends.resolve``), ``"reference"`` (every query block
+        at once) or ``"xla_chunked"`` (query blocks streamed in chunks of ``CHUNK_ROWS``
+        rows, each rematerialised in the backward, so memory holds one chunk's logits).
 
     Returns:
       ``[B, T, H, D]`` in ``q.dtype``; statistics in float32 (float64 for float64 inputs).
@@ -315,6 +392,10 @@ def lsg_attention(q, k, v, *, block_size=128, sparse_block_size=128, sparsity_fa
     else:
         seg = segment_ids.astype(jnp.int32)
     s = None if softmax == "softmax" else ssmax_s
+    name = backends.resolve(
+        implementation, kind="lsg", table=BACKEND_TABLE,
+        pattern=checks.self_attention_pattern(q, k, causal=causal, softmax=softmax,
+                                              segment_ids=segment_ids))
 
     if ordinary <= 2 * block_size:
         out = _dense_rows(q, k, v, seg, num_global=num_global, causal=causal, scale=scale, ssmax_s=s)
@@ -332,59 +413,26 @@ def lsg_attention(q, k, v, *, block_size=128, sparse_block_size=128, sparsity_fa
         starts = (np.arange(num_blocks)[:, None] - 1) * block_size
         assert np.all(ends <= np.maximum(starts, 0)), "causal sparse keys reach into the future"
 
-    qo = q[:, num_global:].reshape(batch, num_blocks, block_size, heads, head_dim)
     ko, vo, sego = k[:, num_global:], v[:, num_global:], seg[:, num_global:]
-    kg, vg = k[:, :num_global], v[:, :num_global]
-    q_ids = sego.reshape(batch, num_blocks, block_size)
-    q_real = (q_ids != 0)[:, :, None, :, None]
-    scale_c = jnp.asarray(scale, dtype)
-
-    logits = [jnp.einsum("bnqhd,bghd->bnhqg", qo, kg) * scale_c]
-    masks = [jnp.broadcast_to(q_real, (batch, num_blocks, 1, block_size, num_global))]
-    values = [jnp.broadcast_to(vg[:, None], (batch, num_blocks, num_global, heads, head_dim))]
-
+    compressed = None
     if sparse:
         q_bos = None
         if sparsity_type == "bos_pooling":
             q_bos = jnp.where((sego[:, 0] != 0)[:, None, None], q[:, num_global], 0.0)
-        ck, cv, cseg = compress(sparsity_type, ko, vo, sego, q_bos, window=window,
-                                 per_window=per_window, scale=scale, lsh_seed=lsh_seed)
-        index = np.maximum(schedule.sparse_index, 0)
-        in_range = schedule.sparse_index >= 0
-        ks, vs, ss = ck[:, index], cv[:, index], cseg[:, index]
-        logits.append(jnp.einsum("bnqhd,bnshd->bnhqs", qo, ks) * scale_c)
-        same = jnp.transpose(ss, (0, 1, 3, 2))[:, :, :, None, :] == q_ids[:, :, None, :, None]
-        masks.append(same & q_real & in_range[None, :, None, None, :])
-        values.append(vs)
+        compressed = compress(sparsity_type, ko, vo, sego, q_bos, window=window,
+                              per_window=per_window, scale=scale, lsh_seed=lsh_seed)
 
-    local_blocks = schedule.local_blocks
-    visits = local_blocks.shape[1]
-    gather = np.maximum(local_blocks, 0)
+    def blocks_out(blocks):
+        return _ordinary_blocks(blocks, q, k, v, seg, compressed, schedule, num_global=num_global,
+                                block_size=block_size, causal=causal, scale=scale, ssmax_s=s)
 
-    def gather_blocks(x):
-        blocks = x.reshape(batch, num_blocks, block_size, *x.shape[2:])[:, gather]
-        return blocks.reshape(batch, num_blocks, visits * block_size, *x.shape[2:])
-
-    logits.append(jnp.einsum("bnqhd,bnshd->bnhqs", qo, gather_blocks(ko)) * scale_c)
-    q_pos = np.arange(num_blocks)[:, None, None] * block_size + np.arange(block_size)[None, :, None]
-    k_pos = (gather * block_size)[:, :, None] + np.arange(block_size)[None, None, :]
-    k_pos = k_pos.reshape(num_blocks, 1, visits * block_size)
-    static = np.repeat(local_blocks >= 0, block_size, axis=1)[:, None, :]
-    if causal:
-        static = static & (k_pos <= q_pos)
-    k_ids = gather_blocks(sego)
-    same = q_ids[:, :, :, None] == k_ids[:, :, None, :]
-    masks.append((same & static[None])[:, :, None] & q_real)
-    values.append(gather_blocks(vo))
-
-    logits = jnp.concatenate(logits, axis=-1)
-    mask = jnp.concatenate([jnp.broadcast_to(m, m.shape[:2] + (heads,) + m.shape[3:]) for m in masks],
-                           axis=-1)
-    if s is not None:
-        count = jnp.sum(mask, axis=-1, keepdims=True).astype(dtype)
-        logits = logits * (s.astype(dtype)[None, None, :, None, None] * jnp.log(jnp.maximum(count, 1.0)))
-    probs = core.masked_softmax(logits, mask)
-    out = jnp.einsum("bnhqs,bnshd->bnqhd", probs, jnp.concatenate(values, axis=2))
+    if name == "xla_chunked":
+        per_chunk = _blocks_per_chunk(num_blocks, block_size)
+        ids = jnp.arange(num_blocks, dtype=jnp.int32).reshape(-1, per_chunk)
+        out = jax.lax.map(jax.checkpoint(blocks_out), ids)  # [chunks, B, per_chunk, B_l, H, D]
+        out = jnp.moveaxis(out, 0, 1)
+    else:
+        out = blocks_out(np.arange(num_blocks))
     out = out.reshape(batch, ordinary, heads, head_dim)
     if num_global:
         out_global = _dense_rows(q[:, :num_global], k, v, seg, num_global=num_global, causal=causal,

@@ -58,6 +58,22 @@ def ssmax_logit_scale(ssmax_s, n_visible):
     return s[None, :, None, None] * log_n[:, :, :, None]
 
 
+def ssmax_row_scale(ssmax_s, n_visible):
+    """The SSMax row multiplier ``s_h * log(n_i)`` in the primitives' layout.
+
+    Args:
+      ssmax_s: ``[heads]`` per-head ``s``.
+      n_visible: ``[batch or 1, q_len]`` visible-key counts.
+
+    Returns:
+      ``[batch or 1, q_len, heads]``, float32 (float64 for a float64 ``ssmax_s``); a row with
+      no visible key gets 0.
+    """
+    dtype = jnp.promote_types(ssmax_s.dtype, jnp.float32)
+    log_n = jnp.log(jnp.maximum(n_visible.astype(dtype), 1.0))
+    return log_n[:, :, None] * ssmax_s.astype(dtype)[None, None, :]
+
+
 def ssmax_init_value(train_len):
     """``1 / log(train_len)``: with this ``s``, SSMax is softmax for a query seeing ``train_len`` keys."""
     core.check_int("train_len", train_len, minimum=2)
