@@ -1,6 +1,19 @@
 """jaxattn: long-context attention variants in JAX/Flax NNX."""
 
+import pathlib
+import re
+
 import setuptools
+
+
+def _version() -> str:
+    """``__version__`` from jaxattn/version.py, read as text (setup must not import jax)."""
+    text = (pathlib.Path(__file__).parent / "jaxattn" / "version.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("jaxattn/version.py has no line __version__ = \"...\"")
+    return match.group(1)
+
 
 CORE = [
     "jax>=0.10.2",
@@ -31,7 +44,7 @@ EXTRAS = {
 
 setuptools.setup(
     name="jaxattn",
-    version="0.1.0",
+    version=_version(),
     description="Long-context attention variants (landmark, routing, LSG, SSMax, Titans) in JAX/Flax NNX.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
