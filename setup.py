@@ -1,6 +1,19 @@
 """jaxattn: long-context attention variants in JAX/Flax NNX."""
 
+import pathlib
+import re
+
 import setuptools
+
+
+def _version() -> str:
+    """``__version__`` from jaxattn/version.py, read as text (setup must not import jax)."""
+    text = (pathlib.Path(__file__).parent / "jaxattn" / "version.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("jaxattn/version.py has no line __version__ = \"...\"")
+    return match.group(1)
+
 
 CORE = [
     "jax>=0.10.2",
@@ -10,8 +23,6 @@ CORE = [
     "grain>=0.2.18",
     "ml_collections>=1.1.0",
     "absl-py>=2.1",
-    "chex>=0.1.92",
-    "einops>=0.8",
     "numpy>=1.26",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
@@ -33,7 +44,7 @@ EXTRAS = {
 
 setuptools.setup(
     name="jaxattn",
-    version="0.1.0",
+    version=_version(),
     description="Long-context attention variants (landmark, routing, LSG, SSMax, Titans) in JAX/Flax NNX.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

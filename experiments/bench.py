@@ -12,7 +12,13 @@ scaling exponent per label (``time ~ seq_len^p``). ``--kinds`` runs the named ki
 default options instead (the first is the baseline). With ``--out`` the rows go to
 ``bench.json`` and the table to ``bench.md`` there; the table is always printed.
 
-The ``titans`` suite times whole layers (``benchmarking.layer_case``, ``d_model = heads *
+A stateful kind (``routing``, whose centroids are state) is timed as its training step runs
+it: the attention with the current centroids, then the kind's ``update_state`` (the k-means
+update and the commitment loss, which ``--backward`` differentiates with the attention).
+The harness lives in ``experiments.benchmarks``; timing and memory measurement in
+``jaxattn.profiling``.
+
+The ``titans`` suite times whole layers (``benchmarks.layer_case``, ``d_model = heads *
 head_dim``): a pre-norm residual dense-attention layer as the baseline against Titans blocks
 (Behrouz et al. 2025) without MLP: MAC (attention inside 512-token segments plus the memory),
 MAG and MAL (512-token sliding window plus the memory) and LMM (the memory alone); memories
@@ -21,7 +27,7 @@ program's memory (arguments, parameters included, + outputs + temporaries), with
 ratios to dense at the same length.
 
 The ``decode`` suite times whole ``TransformerLM``s (``--layers`` layers of one kind, ``d_model
-= heads * head_dim``; ``benchmarking.run_decode_sweep``) generating after a prompt of each
+= heads * head_dim``; ``benchmarks.run_decode_sweep``) generating after a prompt of each
 length: the prefill through ``KVCacheDecoder`` (chunks of ``--prefill_chunk``), and the
 median time per token of ``--new_tokens`` one-token decode steps after ``1 + --warmup``
 untimed ones. The baseline of each row is measured in the same run on the same model: the
@@ -37,7 +43,8 @@ import jax
 from absl import app, flags, logging
 
 import jaxattn.attention  # noqa: F401  (imports every variant module, which registers its kind)
-from jaxattn import benchmarking
+from experiments import benchmarks
+from jaxattn import profiling
 from jaxattn.attention import registry
 
 SUITES = {
@@ -48,7 +55,7 @@ SUITES = {
     ],
     "routing": [
         ("dense", "dense", {"causal": True}),
-        ("routing", "routing", {"num_clusters": benchmarking.SQRT, "local_heads": 0}),
+        ("routing", "routing", {"num_clusters": benchmarks.SQRT, "local_heads": 0}),
     ],
     "lsg": [
         ("dense", "dense", {"causal": True}),
@@ -78,7 +85,7 @@ SUITES = {
 """Suite name → ``[(label, kind, options), ...]``; the first entry is the baseline (in
 ``decode``, every kind's own full forward is its baseline).
 
-``"sqrt"`` as an option value is resolved per sequence length (``benchmarking.sqrt_power_of_two``).
+``"sqrt"`` as an option value is resolved per sequence length (``benchmarks.sqrt_power_of_two``).
 """
 
 _SUITE = flags.DEFINE_string("suite", "attention", f"Suite to run: one of {', '.join(SUITES)}.")
@@ -113,7 +120,7 @@ def suite_cases(suite, kinds=None):
     else:
         raise ValueError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
     missing = [kind for _, kind, _ in cases
-               if kind not in registry.list_variants() and kind not in benchmarking.LAYER_KINDS]
+               if kind not in registry.list_variants() and kind not in benchmarks.LAYER_KINDS]
     if missing:
         raise ValueError(
             f"suite {name!r} needs attention kind(s) {', '.join(map(repr, missing))}, not "
@@ -128,7 +135,7 @@ def render_markdown(report):
     if meta["suite"] == "decode":
         return _render_decode(report)
     pass_name = "forward+backward" if meta["backward"] else "forward"
-    layers = any(benchmarking.is_layer_kind(kind) for _, kind, _ in meta["cases"])
+    layers = any(benchmarks.is_layer_kind(kind) for _, kind, _ in meta["cases"])
     what = "Layer" if layers else "Attention"
     lines = [
         f"## {what} benchmark: suite `{meta['suite']}`, {pass_name}",
@@ -138,7 +145,7 @@ def render_markdown(report):
         f"{' (d_model=' + str(meta['heads'] * meta['head_dim']) + ')' if layers else ''}; median of "
         f"{meta['repeats']} after {meta['warmup']} warm-up call(s); baseline `{meta['baseline']}`.",
         "",
-        benchmarking.to_markdown(report["rows"]).rstrip("\n"),
+        benchmarks.to_markdown(report["rows"]).rstrip("\n"),
         "",
         "Fitted exponent p in time ~ seq_len^p:",
         "",
@@ -163,7 +170,7 @@ def _render_decode(report):
         f"untimed; baseline: each model's own full forward (`FullForwardGreedy`) per token, "
         f"median of {meta['repeats']} after {meta['warmup']} warm-up call(s), same run.",
         "",
-        benchmarking.decode_to_markdown(report["rows"]).rstrip("\n"),
+        benchmarks.decode_to_markdown(report["rows"]).rstrip("\n"),
         "",
         "Fitted exponent p in time per token ~ seq_len^p:",
         "",
@@ -194,35 +201,35 @@ def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=
     name, cases = suite_cases(suite, kinds)
     decode = suite == "decode"
     name = "decode" if decode else name
-    dtype = benchmarking.resolve_dtype(dtype)
+    dtype = benchmarks.resolve_dtype(dtype)
     baseline = "full forward" if decode else cases[0][0]
-    logging.info("suite %s on %s: %s at seq_lens %s", name, benchmarking.device_description(),
+    logging.info("suite %s on %s: %s at seq_lens %s", name, profiling.device_description(),
                  ", ".join(label for label, _, _ in cases), seq_lens)
     if decode:
-        rows = benchmarking.run_decode_sweep(
+        rows = benchmarks.run_decode_sweep(
             cases, seq_lens, batch=batch, layers=layers, heads=heads, head_dim=head_dim,
             dtype=dtype, new_tokens=new_tokens, prefill_chunk=prefill_chunk, warmup=warmup,
             repeats=repeats, progress=progress)
     else:
-        rows = benchmarking.run_sweep(cases, seq_lens, batch=batch, heads=heads,
+        rows = benchmarks.run_sweep(cases, seq_lens, batch=batch, heads=heads,
                                       head_dim=head_dim, dtype=dtype, backward=backward,
                                       baseline_label=baseline, warmup=warmup, repeats=repeats,
                                       progress=progress)
     report = {
         "meta": {
             "suite": name, "cases": [list(case) for case in cases], "baseline": baseline,
-            "device": benchmarking.device_description(), "jax_version": jax.__version__,
+            "device": profiling.device_description(), "jax_version": jax.__version__,
             "python": platform.python_version(), "dtype": dtype.name, "batch": batch,
             "heads": heads, "head_dim": head_dim, "backward": bool(backward),
             "seq_lens": list(seq_lens), "warmup": warmup, "repeats": repeats,
         },
         "rows": rows,
-        "exponents": benchmarking.fit_exponents(rows),
+        "exponents": benchmarks.fit_exponents(rows),
     }
     if decode:
         report["meta"].update(layers=layers, new_tokens=new_tokens, prefill_chunk=prefill_chunk,
-                              vocab_size=benchmarking.DECODE_VOCAB)
-        report["baseline_exponents"] = benchmarking.fit_exponents(rows, key="baseline_ms")
+                              vocab_size=benchmarks.DECODE_VOCAB)
+        report["baseline_exponents"] = benchmarks.fit_exponents(rows, key="baseline_ms")
     report["markdown"] = render_markdown(report)
     if out:
         os.makedirs(out, exist_ok=True)

@@ -4,7 +4,6 @@ These check that the measuring machinery works (positive times, ratios, error ro
 fitting, reports); they never assert how fast anything is.
 """
 
-import dataclasses
 import json
 import math
 
@@ -15,9 +14,8 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from experiments import bench
-from jaxattn import benchmarking
-from jaxattn.attention import DenseOptions
+from experiments import bench, benchmarks
+from jaxattn import profiling
 from jaxattn.attention import registry
 from jaxattn.inference.kv_decoder import SLOT_MULTIPLE
 
@@ -41,7 +39,7 @@ def parsed_flags():
 
 def test_time_fn_positive():
     x = jnp.ones((64, 64), jnp.float32)
-    stats = benchmarking.time_fn(lambda a: a @ a, x, warmup=1, repeats=3)
+    stats = profiling.time_fn(lambda a: a @ a, x, warmup=1, repeats=3)
     assert set(stats) == {"median_ms", "min_ms", "max_ms", "compile_ms"}
     assert all(value > 0 for value in stats.values())
     assert stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
@@ -50,28 +48,28 @@ def test_time_fn_positive():
 @pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"warmup": -1}, {"repeats": 1.5}])
 def test_time_fn_rejects_bad_counts(kwargs):
     with pytest.raises(ValueError, match="warmup|repeats"):
-        benchmarking.time_fn(lambda a: a + 1, jnp.ones(3), **kwargs)
+        profiling.time_fn(lambda a: a + 1, jnp.ones(3), **kwargs)
 
 
 def test_peak_memory_bytes_grows_with_seq_len():
     sizes = []
     for seq_len in (64, 128):
-        fn, args = benchmarking.attention_case("dense", seq_len=seq_len, options={}, **TINY)
-        sizes.append(benchmarking.peak_memory_bytes(fn, *args))
+        fn, args = benchmarks.attention_case("dense", seq_len=seq_len, options={}, **TINY)
+        sizes.append(profiling.peak_memory_bytes(fn, *args))
     # memory_analysis() exists on CPU, so the number is there; dense logits grow as T^2.
     assert all(isinstance(size, int) and size > 0 for size in sizes)
     assert sizes[1] > sizes[0]
 
 
 def test_attention_case_forward_and_backward():
-    fn, args = benchmarking.attention_case("ssmax", seq_len=64, options={"causal": True}, **TINY)
+    fn, args = benchmarks.attention_case("ssmax", seq_len=64, options={"causal": True}, **TINY)
     q = args[0]
-    assert q.shape == (1, 64, 2, 16) and q.dtype == benchmarking.default_dtype()
+    assert q.shape == (1, 64, 2, 16) and q.dtype == benchmarks.default_dtype()
     assert args[3].shape == (2,)  # ssmax_s, ones per head
     out = jax.jit(fn)(*args)
     assert out.shape == q.shape
 
-    fn, args = benchmarking.attention_case("local", seq_len=64, options={"block_size": 32},
+    fn, args = benchmarks.attention_case("local", seq_len=64, options={"block_size": 32},
                                            backward=True, dtype="float32", **TINY)
     assert args[3] is None
     grads, _ = jax.jit(fn)(*args)
@@ -81,47 +79,52 @@ def test_attention_case_forward_and_backward():
 
 def test_attention_case_rejects_bad_seq_len_before_building():
     with pytest.raises(ValueError, match="not a multiple of block_size=128"):
-        benchmarking.attention_case("local", seq_len=64, options={"block_size": 128}, **TINY)
+        benchmarks.attention_case("local", seq_len=64, options={"block_size": 128}, **TINY)
     with pytest.raises(ValueError, match="unknown attention kind 'nope'"):
-        benchmarking.attention_case("nope", seq_len=64, options={}, **TINY)
+        benchmarks.attention_case("nope", seq_len=64, options={}, **TINY)
 
 
-@dataclasses.dataclass(frozen=True)
-class _StatefulVariant:
-    """Stands in for a stateful kind: it must receive the state its ``init_state`` made."""
+@pytest.mark.skipif("routing" not in registry.list_variants(), reason="routing not registered")
+def test_attention_case_times_the_routing_training_step():
+    """The routing kind runs as in training: attention with the centroids, then
+    ``update_state`` (new centroids and the commitment loss, which the backward pass adds)."""
+    variant = registry.get_variant("routing")
+    options = {"num_clusters": 4, "local_heads": 0, "decay": 0.5, "commitment_weight": 1.0}
+    opts = registry.make_options("routing", **options)
+    fn, args = benchmarks.attention_case("routing", seq_len=32, options=options,
+                                         dtype="float32", **TINY)
+    q, k, v, ssmax_s, state = args
+    assert ssmax_s is None and state.shape == (2, 4, 16)  # [heads, clusters, head_dim]
+    out, new_state, aux_loss = jax.jit(fn)(*args)
+    want_state, want_aux = variant.update_state(q, k, state, opts)
+    np.testing.assert_allclose(out, variant.apply(q, k, v, opts, state=state), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(new_state, want_state, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux_loss, want_aux, rtol=1e-5)
+    assert not np.allclose(new_state, state) and float(aux_loss) > 0
 
-    name: str = "stateful"
-    options_cls: type = DenseOptions
-    forced: dict = dataclasses.field(default_factory=dict)
+    fn, args = benchmarks.attention_case("routing", seq_len=32, options=options,
+                                         dtype="float32", backward=True, **TINY)
+    cotangent = args[5]
+    grads, new_state = jax.jit(fn)(*args)
+    np.testing.assert_allclose(new_state, want_state, rtol=1e-5, atol=1e-6)
 
-    def init_state(self, options, *, num_heads, head_dim, key):
-        del options, key
-        return {"centroids": jnp.full((num_heads, 4, head_dim), 0.5, jnp.float32)}
+    def attention_loss(q, k, v):
+        return jnp.sum(variant.apply(q, k, v, opts, state=state) * cotangent)
 
-    def apply(self, q, k, v, options, *, ssmax_s=None, state=None):
-        del k, options, ssmax_s
-        scale = jnp.sum(state["centroids"]).astype(q.dtype)
-        return q * v * scale, {"centroids": state["centroids"] + 1.0}
+    def training_loss(q, k, v):
+        return attention_loss(q, k, v) + variant.update_state(q, k, state, opts)[1]
 
-
-def test_attention_case_passes_state(scratch_registry):
-    scratch_registry["stateful"] = _StatefulVariant()
-    fn, args = benchmarking.attention_case("stateful", seq_len=8, options={}, **TINY)
-    out, new_state = jax.jit(fn)(*args)
-    expected = args[0] * args[2] * (2 * 4 * 16 * 0.5)
-    np.testing.assert_allclose(out, expected, rtol=1e-5)
-    np.testing.assert_allclose(new_state["centroids"], 1.5)
-
-    fn, args = benchmarking.attention_case("stateful", seq_len=8, options={}, backward=True, **TINY)
-    (dq, dk, dv), aux = jax.jit(fn)(*args)
-    np.testing.assert_allclose(dq, args[2] * 64.0 * args[5], rtol=1e-5)
-    np.testing.assert_allclose(dk, 0.0)
-    assert aux[0]["centroids"].shape == (2, 4, 16)
+    want = jax.grad(training_loss, argnums=(0, 1, 2))(q, k, v)
+    for got, expected in zip(grads, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    attention_only = jax.grad(attention_loss)(q, k, v)
+    assert not np.allclose(grads[0], attention_only, rtol=1e-4, atol=1e-5)
 
 
 def test_run_sweep_ratios_and_error_rows():
     cases = [("base", "dense", {"causal": True}), ("loc", "local", {"block_size": 128})]
-    rows = benchmarking.run_sweep(cases, [64, 128], dtype="float32", warmup=1, repeats=2,
+    rows = benchmarks.run_sweep(cases, [64, 128], dtype="float32", warmup=1, repeats=2,
                                   progress=False, baseline_label="base", **TINY)
     assert [(row["label"], row["seq_len"]) for row in rows] == [
         ("base", 64), ("loc", 64), ("base", 128), ("loc", 128)]
@@ -141,8 +144,8 @@ def test_run_sweep_ratios_and_error_rows():
 
 
 def test_run_sweep_resolves_sqrt_options_per_seq_len():
-    cases = [("loc", "local", {"block_size": benchmarking.SQRT})]
-    rows = benchmarking.run_sweep(cases, [64, 128], dtype="float32", warmup=0, repeats=1,
+    cases = [("loc", "local", {"block_size": benchmarks.SQRT})]
+    rows = benchmarks.run_sweep(cases, [64, 128], dtype="float32", warmup=0, repeats=1,
                                   progress=False, **TINY)
     assert [row["options"]["block_size"] for row in rows] == [8, 8]
     assert all(row["error"] is None and row["ratio_to_baseline"] == 1.0 for row in rows)
@@ -157,18 +160,18 @@ def test_run_sweep_resolves_sqrt_options_per_seq_len():
 ])
 def test_run_sweep_rejects_bad_config(cases, baseline, match):
     with pytest.raises(ValueError, match=match):
-        benchmarking.run_sweep(cases, [64], baseline_label=baseline, progress=False, **TINY)
+        benchmarks.run_sweep(cases, [64], baseline_label=baseline, progress=False, **TINY)
 
 
 def test_fit_exponent_recovers_known_exponents():
     seq_lens = [512, 1024, 2048, 4096]
     for power in (1.0, 1.5, 2.0):
         times = [3e-4 * n**power for n in seq_lens]
-        assert benchmarking.fit_exponent(seq_lens, times) == pytest.approx(power, abs=1e-9)
+        assert benchmarks.fit_exponent(seq_lens, times) == pytest.approx(power, abs=1e-9)
     with pytest.raises(ValueError, match="two distinct"):
-        benchmarking.fit_exponent([64, 64], [1.0, 2.0])
+        benchmarks.fit_exponent([64, 64], [1.0, 2.0])
     with pytest.raises(ValueError, match="positive"):
-        benchmarking.fit_exponent([64, 128], [1.0, 0.0])
+        benchmarks.fit_exponent([64, 128], [1.0, 0.0])
 
 
 def test_fit_exponents_skips_errors_and_single_points():
@@ -176,16 +179,16 @@ def test_fit_exponents_skips_errors_and_single_points():
             for n in (64, 128, 256)]
     rows += [{"label": "b", "seq_len": 64, "median_ms": 1.0, "error": None},
              {"label": "b", "seq_len": 128, "median_ms": None, "error": "ValueError: no"}]
-    exponents = benchmarking.fit_exponents(rows)
+    exponents = benchmarks.fit_exponents(rows)
     assert exponents["a"] == pytest.approx(1.5)
     assert exponents["b"] is None
 
 
 def test_sqrt_power_of_two():
-    got = {n: benchmarking.sqrt_power_of_two(n) for n in (1, 64, 1000, 1024, 2048, 4096, 16384)}
+    got = {n: benchmarks.sqrt_power_of_two(n) for n in (1, 64, 1000, 1024, 2048, 4096, 16384)}
     assert got == {1: 1, 64: 8, 1000: 8, 1024: 32, 2048: 32, 4096: 64, 16384: 128}
     for n in (96, 1000, 2048, 3 * 4096):
-        p = benchmarking.sqrt_power_of_two(n)
+        p = benchmarks.sqrt_power_of_two(n)
         assert n % p == 0 and p & (p - 1) == 0
 
 
@@ -197,7 +200,7 @@ def test_to_markdown_has_every_label():
          "compile_ms": None, "peak_bytes": None, "ratio_to_baseline": None,
          "error": "ValueError: bad"},
     ]
-    table = benchmarking.to_markdown(rows)
+    table = benchmarks.to_markdown(rows)
     assert "| dense | dense | 64 | 1.250 |" in table
     assert "local|128" in table and "ValueError: bad" in table
     assert len(table.strip().splitlines()) == 2 + len(rows)
@@ -276,7 +279,7 @@ def test_titans_suite_reports_tokens_per_second_and_memory_against_dense():
 
 
 def test_layer_case_backward_and_errors():
-    fn, (params, x, cotangent) = benchmarking.layer_case(
+    fn, (params, x, cotangent) = benchmarks.layer_case(
         "layer:lmm", seq_len=32, options={"chunk_size": 8, "memory_depth": 1}, backward=True,
         dtype="float32", **TINY)
     assert x.shape == (1, 32, 32)
@@ -285,13 +288,13 @@ def test_layer_case_backward_and_errors():
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     with pytest.raises(ValueError, match=r"seq_len: sequence length 96 is not a positive "
                                          r"multiple of model.titans.segment_len=64"):
-        benchmarking.layer_case("layer:mac", seq_len=96, options={"segment_len": 64,
+        benchmarks.layer_case("layer:mac", seq_len=96, options={"segment_len": 64,
                                                                   "chunk_size": 32}, **TINY)
     with pytest.raises(ValueError, match=r"unknown layer kind 'layer:xl'; layer kinds: "
                                          r"layer:dense, layer:mac"):
-        benchmarking.run_sweep([("a", "layer:xl", {})], [64], progress=False, **TINY)
+        benchmarks.run_sweep([("a", "layer:xl", {})], [64], progress=False, **TINY)
     with pytest.raises(ValueError, match=r"unknown option 'windw' .*'layer:mag'.*window"):
-        benchmarking.run_sweep([("a", "layer:mag", {"windw": 8})], [64], progress=False, **TINY)
+        benchmarks.run_sweep([("a", "layer:mag", {"windw": 8})], [64], progress=False, **TINY)
 
 
 def test_decode_suite_reports_decode_against_the_full_forward(tmp_path):

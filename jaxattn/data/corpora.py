@@ -5,20 +5,22 @@ Spec strings for `load_corpus`:
   "text:/path/*.txt"             local text files or a glob, one document per file
   "tfds:pg19/train"              a prepared TFDS dataset (needs the [tfds] extra)
   "task:passkey"                 windows of a synthetic task (``task_windows``), not documents
+
+The builtin texts are read by ``builtin_corpora``, a leaf module that the synthetic tasks'
+haystacks read too, so this module imports the tasks (to check "task:" specs) without a cycle.
 """
 
-import functools
 import glob
-import importlib.resources
-import lzma
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
-DEFAULT_CORPUS = "builtin:kjv"
+from jaxattn.data.builtin_corpora import builtin_corpus, check_builtin_name
+from jaxattn.data.task_windows import check_task
 
-# Builtin corpus name -> compressed file in jaxattn/data/corpora/, documents
-# separated by one blank line.
-_BUILTIN_FILES = {"kjv": "kjv.txt.xz"}
+__all__ = ["DEFAULT_CORPUS", "builtin_corpus", "check_corpus_spec", "load_corpus", "text_files",
+           "tfds_corpus"]
+
+DEFAULT_CORPUS = "builtin:kjv"
 
 # Text field of TFDS datasets whose field is not called "text".
 _TFDS_TEXT_KEYS = {"pg19": "book_text"}
@@ -33,26 +35,6 @@ _SPEC_FORMS = (
 _TFDS_INSTALL_HINT = (
     'TFDS corpora need tensorflow-datasets, which is optional: pip install -e ".[tfds]"'
 )
-
-
-@functools.lru_cache(maxsize=None)
-def _builtin_text(name: str) -> str:
-    package = importlib.resources.files("jaxattn.data")
-    resource = package.joinpath("corpora").joinpath(_BUILTIN_FILES[name])
-    return lzma.decompress(resource.read_bytes()).decode("utf-8")
-
-
-def builtin_corpus(name: str = "kjv") -> list[str]:
-    """Documents of a corpus shipped inside the package (no files, no network).
-
-    "kjv": the King James Bible, one document per book (66), verses one per line.
-    """
-    if name not in _BUILTIN_FILES:
-        raise ValueError(
-            f"Unknown builtin corpus {name!r}; valid names: {sorted(_BUILTIN_FILES)}"
-        )
-    books = _builtin_text(name).split("\n\n")
-    return [book.strip("\n") for book in books if book.strip()]
 
 
 def _is_glob(path: str) -> bool:
@@ -174,13 +156,9 @@ def _parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
 def check_corpus_spec(spec: str) -> None:
     """Raises ValueError if `spec` is malformed or names an unknown builtin (reads no data)."""
     kind, args = _parse_spec(spec)
-    if kind == "builtin" and args[0] not in _BUILTIN_FILES:
-        raise ValueError(
-            f"Unknown builtin corpus {args[0]!r}; valid names: {sorted(_BUILTIN_FILES)}"
-        )
+    if kind == "builtin":
+        check_builtin_name(args[0])
     if kind == "task":
-        from jaxattn.data.task_windows import check_task  # tasks read the builtin corpus
-
         check_task(args[0])
 
 

@@ -39,7 +39,7 @@ import optax
 import tqdm
 from flax import nnx
 
-from jaxattn import benchmarking
+from jaxattn import profiling
 from jaxattn.data.pipeline import DataConfig, make_splits
 from jaxattn.inference import LandmarkDecoder, RetrievalConfig
 from jaxattn.training.losses import summarize
@@ -302,10 +302,10 @@ def perplexity_by_length(model, data_cfg: DataConfig, lengths: Sequence[int], *,
 def forward_efficiency(model, lengths: Sequence[int], *, batch_size: int = 1, warmup: int = 1,
                        repeats: int = 3, seed: int = 0, progress: bool = True) -> list[dict]:
     """Time and memory of one jitted forward pass (``tokens [batch, L] -> logits``) at each
-    length, as ``benchmarking.run_sweep`` measures attention: compiled ahead of time,
-    ``warmup`` calls, then the median (and min, max) of ``repeats`` timed calls; ``peak_bytes``
-    is XLA's buffer assignment of the program (arguments, parameters included, + outputs +
-    temporaries; ``None`` when the backend has no memory analysis).
+    length, measured as the benchmarks measure attention (``jaxattn.profiling``): compiled
+    ahead of time, ``warmup`` calls, then the median (and min, max) of ``repeats`` timed
+    calls; ``peak_bytes`` is XLA's buffer assignment of the program (arguments, parameters
+    included, + outputs + temporaries; ``None`` when the backend has no memory analysis).
 
     A length the model cannot run (not a multiple of a block size, out of memory) gives a row
     with ``error`` set and no timings, so one failure does not end the sweep.
@@ -325,13 +325,13 @@ def forward_efficiency(model, lengths: Sequence[int], *, batch_size: int = 1, wa
             tokens = np.random.default_rng([seed, length]).integers(
                 0, vocab, size=(batch_size, length)).astype(np.int32)
             args = (state, jnp.asarray(tokens))
-            compiled, row["compile_ms"] = benchmarking._compile(forward, args)
-            row["peak_bytes"] = benchmarking._compiled_footprint(compiled)
-            row.update(benchmarking._time_compiled(compiled, args, warmup, repeats))
+            compiled, row["compile_ms"] = profiling.compile_ahead(forward, args)
+            row["peak_bytes"] = profiling.compiled_footprint(compiled)
+            row.update(profiling.time_compiled(compiled, args, warmup, repeats))
             row["tokens_per_s"] = batch_size * length / (row["median_ms"] / 1e3)
             del compiled, args
         except Exception as err:  # pylint: disable=broad-except
             row.update(median_ms=None, min_ms=None, max_ms=None, tokens_per_s=None,
-                       error=benchmarking._error_text(err))
+                       error=profiling.error_text(err))
         rows.append(row)
     return rows

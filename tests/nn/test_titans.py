@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from jaxattn.attention.titans import MemoryState
 from jaxattn.nn.titans import (LMMBlock, MACBlock, MAGBlock, MALBlock, NeuralMemory,
-                               NeuralMemoryState, _attend)
+                               NeuralMemoryState)
+from jaxattn.nn.titans.masked_attention import attend
 from tests.fast_jit import fast_jit
 from tests.model_helpers import orbax_round_trip, perturb_params
 
@@ -160,7 +161,7 @@ def test_window_attention_matches_dense_mask():
     def reference(params):
         m = nnx.merge(graphdef, params)
         keys = jnp.concatenate([m.persistent(batch), h], axis=1)
-        return _attend(m.attn, h, keys, pos, pos, jnp.asarray(mask), num_p)
+        return attend(m.attn, h, keys, pos, pos, jnp.asarray(mask), num_p)
 
     expected = reference(params)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(pieces, axis=1)), np.asarray(expected),

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from jaxattn.data.corpora import builtin_corpus
+from jaxattn.data.builtin_corpora import builtin_corpus
 from jaxattn.data.tasks.common import FILLER, repeated_filler
 
 # A sentence ends at ., ! or ? followed by whitespace (the offline stand-in for
