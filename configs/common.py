@@ -50,6 +50,9 @@ def attention_config(kind: str = "dense") -> ml_collections.ConfigDict:
         # empty: every layer uses `kind`.
         "layers": "",
         "causal": True,
+        # Backend of every layer's attention: None (the platform's choice), "reference",
+        # "xla_chunked", "cudnn", "splash" or "pallas" (jaxattn.attention.backends).
+        "implementation": config_dict.placeholder(str),
         "softmax": config_dict.placeholder(str),
         "ssmax_init": config_dict.placeholder(float),  # default 1 / log(data.seq_len)
         "window": config_dict.placeholder(int),

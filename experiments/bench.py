@@ -5,6 +5,8 @@ r"""Benchmarks attention kinds against a baseline measured in the same run.
   python -m experiments.bench --kinds=dense,ssmax --seq_lens=512,1024
   python -m experiments.bench --suite=titans --seq_lens=1024,2048,4096,8192 --out=/tmp/bench_titans
   python -m experiments.bench --suite=decode --seq_lens=512,1024,2048,4096 --out=/tmp/bench_decode
+  python -m experiments.bench --suite=backends --backward --seq_lens=1024,4096
+  python -m experiments.bench --suite=backends --backward --memory_only --seq_lens=8192,32768
 
 Each suite is a list of ``(label, kind, options)``; its first entry is the baseline, and every
 time is reported as a ratio to the baseline's at the same sequence length, with the fitted
@@ -17,6 +19,11 @@ it: the attention with the current centroids, then the kind's ``update_state`` (
 update and the commitment loss, which ``--backward`` differentiates with the attention).
 The harness lives in ``experiments.benchmarks``; timing and memory measurement in
 ``jaxattn.profiling``.
+
+The ``backends`` suite runs dense, SSMax, local and LSG attention through each CPU backend
+(``implementation="reference"`` and ``"xla_chunked"``), with dense's reference as the
+baseline; ``--memory_only`` compiles every case and reports its memory without running it,
+so the references' memory at lengths they cannot run is still measured in the same run.
 
 The ``titans`` suite times whole layers (``benchmarks.layer_case``, ``d_model = heads *
 head_dim``): a pre-norm residual dense-attention layer as the baseline against Titans blocks
@@ -66,6 +73,18 @@ SUITES = {
                              "sparsity_factor": 4, "sparsity_type": "norm",
                              "num_global_tokens": 0}),
     ],
+    "backends": [
+        (f"{label}_{short}", kind, {**options, "implementation": implementation})
+        for label, kind, options in [
+            ("dense", "dense", {"causal": True}),
+            ("ssmax", "ssmax", {"causal": True}),
+            ("local128", "local", {"causal": True, "block_size": 128}),
+            ("lsg", "lsg", {"causal": True, "block_size": 128, "sparse_block_size": 32,
+                            "sparsity_factor": 4, "sparsity_type": "pooling",
+                            "num_global_tokens": 0}),
+        ]
+        for short, implementation in (("reference", "reference"), ("chunked", "xla_chunked"))
+    ],
     "titans": [
         ("dense", "layer:dense", {"causal": True}),
         ("mac", "layer:mac", {"segment_len": 512, "chunk_size": 64, "memory_depth": 2}),
@@ -105,6 +124,8 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 16, "decode suite: timed decode
 _PREFILL_CHUNK = flags.DEFINE_integer("prefill_chunk", 512,
                                       "decode suite: prefill chunk (at most the prompt length).")
 _OUT = flags.DEFINE_string("out", None, "Directory for bench.json and bench.md.")
+_MEMORY_ONLY = flags.DEFINE_bool("memory_only", False, "Compile every case and report its "
+                                 "memory without running it (attention suites).")
 
 
 def suite_cases(suite, kinds=None):
@@ -189,9 +210,10 @@ def _exponent(p):
 
 def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=False, out=None,
         kinds=None, warmup=2, repeats=5, progress=True, layers=4, new_tokens=16,
-        prefill_chunk=512):
+        prefill_chunk=512, memory_only=False):
     """Runs a suite (or ``kinds``); returns ``{"meta", "rows", "exponents", "markdown"}``.
 
+    ``memory_only`` (attention and layer suites): compile and measure memory, no timing.
     The ``decode`` suite (also with ``kinds``: those kinds decoding) takes ``layers``,
     ``new_tokens`` and ``prefill_chunk`` and adds ``"baseline_exponents"`` (full forward).
 
@@ -200,6 +222,8 @@ def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=
     """
     name, cases = suite_cases(suite, kinds)
     decode = suite == "decode"
+    if decode and memory_only:
+        raise ValueError("memory_only applies to the attention and layer suites, not decode")
     name = "decode" if decode else name
     dtype = benchmarks.resolve_dtype(dtype)
     baseline = "full forward" if decode else cases[0][0]
@@ -214,7 +238,7 @@ def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=
         rows = benchmarks.run_sweep(cases, seq_lens, batch=batch, heads=heads,
                                       head_dim=head_dim, dtype=dtype, backward=backward,
                                       baseline_label=baseline, warmup=warmup, repeats=repeats,
-                                      progress=progress)
+                                      progress=progress, memory_only=memory_only)
     report = {
         "meta": {
             "suite": name, "cases": [list(case) for case in cases], "baseline": baseline,
@@ -222,6 +246,7 @@ def run(suite, *, seq_lens, batch=1, heads=8, head_dim=64, dtype=None, backward=
             "python": platform.python_version(), "dtype": dtype.name, "batch": batch,
             "heads": heads, "head_dim": head_dim, "backward": bool(backward),
             "seq_lens": list(seq_lens), "warmup": warmup, "repeats": repeats,
+            "memory_only": bool(memory_only),
         },
         "rows": rows,
         "exponents": benchmarks.fit_exponents(rows),
@@ -262,7 +287,7 @@ def main(argv):
                      head_dim=_HEAD_DIM.value, dtype=_DTYPE.value, backward=_BACKWARD.value,
                      out=_OUT.value, kinds=_KINDS.value, warmup=_WARMUP.value,
                      repeats=_REPEATS.value, layers=_LAYERS.value, new_tokens=_NEW_TOKENS.value,
-                     prefill_chunk=_PREFILL_CHUNK.value)
+                     prefill_chunk=_PREFILL_CHUNK.value, memory_only=_MEMORY_ONLY.value)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
     print(report["markdown"], end="", flush=True)

@@ -32,12 +32,17 @@ def attention_case(kind, *, batch, seq_len, heads, head_dim, dtype=None, options
     (plus ``aux_loss`` for a stateful kind, as the training loss adds it) with respect to
     ``q``, ``k`` and ``v``, and the new state (``None`` for a stateless kind).
 
+    ``options`` may also hold ``"implementation"`` (a backend, ``jaxattn.attention.backends``),
+    passed to the call rather than to the kind's options.
+
     Raises:
       ValueError: unknown kind, bad options, or a ``seq_len`` the kind cannot take (checked
         before any array is built).
     """
     variant = registry.get_variant(kind)
-    opts = registry.make_options(kind, **resolve_options(options or {}, seq_len))
+    options = dict(options or {})
+    implementation = options.pop("implementation", None)
+    opts = registry.make_options(kind, **resolve_options(options, seq_len))
     opts.check_seq_len(seq_len)
     check_sizes(batch=batch, heads=heads, head_dim=head_dim)
     dtype = resolve_dtype(dtype)
@@ -53,7 +58,8 @@ def attention_case(kind, *, batch, seq_len, heads, head_dim, dtype=None, options
         state = variant.init_state(opts, num_heads=heads, head_dim=head_dim, key=key_state)
 
     def forward(q, k, v, ssmax_s, state):
-        out = variant.apply(q, k, v, opts, ssmax_s=ssmax_s, state=state)
+        out = variant.apply(q, k, v, opts, ssmax_s=ssmax_s, state=state,
+                            implementation=implementation)
         if not variant.stateful:
             return out
         new_state, aux_loss = variant.update_state(q, k, state, opts)

@@ -25,11 +25,12 @@ def fit_exponent(seq_lens, times):
 
 def fit_exponents(rows, key="median_ms"):
     """``{label: fit_exponent of row[key] over its successful rows}``; ``None`` with fewer than
-    two lengths."""
+    two lengths (rows without ``key``, as in a memory-only sweep, do not count)."""
     exponents = {}
     for label in dict.fromkeys(row["label"] for row in rows):
         points = [(row["seq_len"], row[key]) for row in rows
-                  if row["label"] == label and row["error"] is None]
+                  if row["label"] == label and row["error"] is None
+                  and row.get(key) is not None]
         if len({seq_len for seq_len, _ in points}) < 2:
             exponents[label] = None
         else:

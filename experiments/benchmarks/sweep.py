@@ -74,6 +74,7 @@ def check_cases(kinds_with_options):
         else:
             options_cls = registry.get_variant(case.kind).options_cls
             fields = [field.name for field in dataclasses.fields(options_cls)]
+            fields.append("implementation")  # the backend, passed to the call
         unknown = [key for key in case.options if key not in fields]
         if unknown:
             raise ValueError(
@@ -84,7 +85,8 @@ def check_cases(kinds_with_options):
 
 
 def run_sweep(kinds_with_options, seq_lens, *, batch, heads, head_dim, dtype=None, backward=False,
-              baseline_label=None, warmup=2, repeats=5, seed=0, progress=True):
+              baseline_label=None, warmup=2, repeats=5, seed=0, progress=True,
+              memory_only=False):
     """Times every ``(label, kind, options)`` at every sequence length.
 
     Args:
@@ -95,6 +97,8 @@ def run_sweep(kinds_with_options, seq_lens, *, batch, heads, head_dim, dtype=Non
       baseline_label: label the ratios are taken against; default the first case's.
       warmup, repeats: as in ``jaxattn.profiling.time_fn``.
       progress: show a progress bar (a log line per case is always written).
+      memory_only: compile every case and record its memory (``peak_bytes``) without
+        running it, for programs too large to run here (a reference at 32k tokens).
 
     Returns:
       One dict per (seq_len, case): ``label, kind, seq_len, options`` (resolved), ``batch,
@@ -141,11 +145,12 @@ def run_sweep(kinds_with_options, seq_lens, *, batch, heads, head_dim, dtype=Non
                                  backward=backward, seed=seed)
             compiled, row["compile_ms"] = profiling.compile_ahead(fn, args)
             row["peak_bytes"] = profiling.compiled_footprint(compiled)
-            row.update(profiling.time_compiled(compiled, args, warmup, repeats))
-            row["tokens_per_s"] = batch * seq_len / (row["median_ms"] / 1e3)
+            if not memory_only:
+                row.update(profiling.time_compiled(compiled, args, warmup, repeats))
+                row["tokens_per_s"] = batch * seq_len / (row["median_ms"] / 1e3)
             del compiled, fn, args
-            logging.info("%s seq_len=%d: %.3f ms (compile %.0f ms)", case.label, seq_len,
-                         row["median_ms"], row["compile_ms"])
+            logging.info("%s seq_len=%d: %s ms, %s bytes (compile %.0f ms)", case.label,
+                         seq_len, row["median_ms"], row["peak_bytes"], row["compile_ms"])
         except Exception as err:  # pylint: disable=broad-except
             # One case failing (bad seq_len, out of memory) must not end the sweep.
             row.update(median_ms=None, min_ms=None, max_ms=None,

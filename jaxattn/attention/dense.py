@@ -209,11 +209,13 @@ registry.register(
     dense_attention,
     DenseOptions,
     doc="Dense softmax attention (causal or bidirectional, optional sliding window).",
+    backends=BACKEND_TABLE,
 )
 registry.register(
     "ssmax",
     dense_attention,
     DenseOptions,
     doc="Dense attention with Scalable-Softmax: logits scaled by s_h * log(n_i).",
+    backends=BACKEND_TABLE,
     forced={"softmax": "ssmax"},
 )

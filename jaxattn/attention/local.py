@@ -119,4 +119,5 @@ registry.register(
     local_attention,
     LocalOptions,
     doc="Block-local attention: each query block sees its own and the neighbouring key blocks.",
+    backends=BACKEND_TABLE,
 )

@@ -478,4 +478,5 @@ registry.register(
     lsg_attention,
     LSGOptions,
     doc="LSG attention: local blocks, compressed sparse tokens and global tokens.",
+    backends=BACKEND_TABLE,
 )

@@ -129,6 +129,19 @@ def _segments(segment_ids, kv_segment_ids, q_len, kv_len, q_pad, kv_pad):
             _pad_to(kv_ids.astype(jnp.int32), kv_pad, 1))
 
 
+def _layout_inputs(q, k, layout, segment_ids, kv_segment_ids):
+    """Checks ``layout`` against the lengths; ``(kv_len, kv_heads, group, compute dtype,
+    padded q_len, padded kv_len, padded q and kv segment ids or None)``."""
+    q_len, heads = q.shape[1], q.shape[2]
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    _check_layout(layout, q_len, kv_len)
+    q_pad = layout.num_q_blocks * layout.q_block
+    kv_pad = layout.num_kv_blocks * layout.kv_block
+    q_seg, kv_seg = _segments(segment_ids, kv_segment_ids, q_len, kv_len, q_pad, kv_pad)
+    return (kv_len, kv_heads, heads // kv_heads, core.compute_dtype(q.dtype), q_pad, kv_pad,
+            q_seg, kv_seg)
+
+
 def attend_layout(q, k, v, layout, rule, *, segment_ids=None, kv_segment_ids=None, scale=None,
                   row_scale=None, return_lse=False):
     """Reference attention over a static block layout.
@@ -144,13 +157,9 @@ def attend_layout(q, k, v, layout, rule, *, segment_ids=None, kv_segment_ids=Non
         ``segment_ids``.
     """
     batch, q_len, heads, head_dim = q.shape
-    kv_len, kv_heads = k.shape[1], k.shape[2]
-    _check_layout(layout, q_len, kv_len)
-    group = heads // kv_heads
-    dtype = core.compute_dtype(q.dtype)
+    kv_len, kv_heads, group, dtype, q_pad, kv_pad, q_seg, kv_seg = _layout_inputs(
+        q, k, layout, segment_ids, kv_segment_ids)
     bq, bk, nq, visits = layout.q_block, layout.kv_block, layout.num_q_blocks, layout.max_visits
-    q_pad, kv_pad = nq * bq, layout.num_kv_blocks * bk
-    q_seg, kv_seg = _segments(segment_ids, kv_segment_ids, q_len, kv_len, q_pad, kv_pad)
     rows = _pad_to(_row_scale(q, scale, row_scale), q_pad, 1) if row_scale is not None else \
         _row_scale(q, scale, None)
     qp = _pad_to(q.astype(dtype), q_pad, 1) * rows[..., None]
@@ -221,13 +230,8 @@ def flash_attend(q, k, v, layout, rule, *, segment_ids=None, kv_segment_ids=None
     ``row_scale``.
     """
     batch, q_len, heads, head_dim = q.shape
-    kv_len, kv_heads = k.shape[1], k.shape[2]
-    _check_layout(layout, q_len, kv_len)
-    group = heads // kv_heads
-    dtype = core.compute_dtype(q.dtype)
-    bq, bk, nq = layout.q_block, layout.kv_block, layout.num_q_blocks
-    q_pad, kv_pad = nq * bq, layout.num_kv_blocks * bk
-    q_seg, kv_seg = _segments(segment_ids, kv_segment_ids, q_len, kv_len, q_pad, kv_pad)
+    kv_len, kv_heads, group, dtype, q_pad, kv_pad, q_seg, kv_seg = _layout_inputs(
+        q, k, layout, segment_ids, kv_segment_ids)
     rows = _row_scale(q, scale, row_scale)
     qs = q.astype(dtype) * rows[..., None]
     # Head-major layouts: q [B, K, G, Tq, D]; k, v [B, K, Tk, D].
@@ -387,13 +391,14 @@ def merge_partials(outputs, lses):
     if len(outputs) != len(lses) or not outputs:
         raise ValueError(f"outputs and lses must be non-empty and of one length, got "
                          f"{len(outputs)} and {len(lses)}")
-    stacked = jnp.stack([l.astype(jnp.float32) for l in lses])
+    dtype = core.compute_dtype(outputs[0].dtype)
+    stacked = jnp.stack([l.astype(dtype) for l in lses])
     top = jnp.max(stacked, axis=0)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
-    weights = jnp.exp(stacked - top)
+    weights = jnp.exp(stacked - top[None])
     total = jnp.sum(weights, axis=0)
     seen = total > 0
     lse = jnp.where(seen, top + jnp.log(jnp.where(seen, total, 1.0)), -jnp.inf)
-    norm = weights / jnp.where(seen, total, 1.0)
-    out = sum(w[..., None] * o.astype(jnp.float32) for w, o in zip(norm, outputs))
+    norm = weights / jnp.where(seen, total, 1.0)[None]
+    out = sum(w[..., None] * o.astype(dtype) for w, o in zip(norm, outputs))
     return out.astype(outputs[0].dtype), lse

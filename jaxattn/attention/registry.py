@@ -12,6 +12,7 @@ import dataclasses
 import types
 from typing import Any, Callable, Mapping
 
+from jaxattn.attention import backends as backends_lib
 from jaxattn.attention import core
 
 
@@ -48,6 +49,10 @@ class Variant:
     head_dim, key) -> state`` and ``update_state(q, k, state, options, *, segment_ids) ->
     (state, aux_loss)``; their ``fn`` takes ``state=``. The state is updated only by
     ``update_state``, after the attention that used it.
+
+    ``backends`` maps each backend the kind has (``backends.BACKENDS``) to its support check
+    ``(pattern, platform) -> None or reason``; ``fn`` dispatches on ``implementation`` with
+    ``backends.resolve`` over this table.
     """
 
     name: str
@@ -57,6 +62,8 @@ class Variant:
     forced: Mapping[str, Any]
     init_state: Callable | None = None
     update_state: Callable | None = None
+    backends: Mapping[str, Callable] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType(dict(backends_lib.REFERENCE_ONLY)))
 
     @property
     def stateful(self) -> bool:
@@ -94,8 +101,10 @@ class Variant:
 _REGISTRY: dict[str, Variant] = {}
 
 
-def register(name, fn, options_cls, *, doc, forced=None, init_state=None, update_state=None):
-    """Adds attention kind ``name``; returns its ``Variant``."""
+def register(name, fn, options_cls, *, doc, forced=None, init_state=None, update_state=None,
+             backends=None):
+    """Adds attention kind ``name``; returns its ``Variant``. ``backends``: the kind's backend
+    table (default: the reference alone)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
     if name in _REGISTRY:
@@ -120,9 +129,14 @@ def register(name, fn, options_cls, *, doc, forced=None, init_state=None, update
     options_cls(**forced)
     if (init_state is None) != (update_state is None):
         raise ValueError("init_state and update_state go together: give both or neither")
+    backends = dict(backends_lib.REFERENCE_ONLY if backends is None else backends)
+    unknown = [key for key in backends if key not in backends_lib.BACKENDS]
+    if unknown or "reference" not in backends or not all(map(callable, backends.values())):
+        raise ValueError(f"backends must map names among {', '.join(backends_lib.BACKENDS)}, "
+                         f"\"reference\" included, to support checks, got {backends!r}")
     variant = Variant(name=name, options_cls=options_cls, fn=fn, doc=doc,
                       forced=types.MappingProxyType(forced), init_state=init_state,
-                      update_state=update_state)
+                      update_state=update_state, backends=types.MappingProxyType(backends))
     _REGISTRY[name] = variant
     return variant
 

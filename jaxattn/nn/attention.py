@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxattn.attention import backends
 from jaxattn.attention import kv_cache as kv_cache_lib
 from jaxattn.attention import registry
 from jaxattn.attention.rope import apply_rope
@@ -22,14 +23,21 @@ from jaxattn.nn.init import logical_param, partitioned, zeros_init
 
 @dataclasses.dataclass(frozen=True)
 class AttentionSpec:
-    """A variant name and its validated options (``registry.make_options``)."""
+    """A variant name, its validated options (``registry.make_options``) and the backend
+    that runs it (``implementation``: ``None`` for the platform's choice, or one of
+    ``backends.BACKENDS``; see ``jaxattn.attention.backends``)."""
 
     kind: str
     options: Any
+    implementation: str | None = None
+
+    def __post_init__(self):
+        backends.check_implementation(self.implementation)
 
     @classmethod
-    def create(cls, kind: str, **options) -> "AttentionSpec":
-        return cls(kind, registry.make_options(kind, **options))
+    def create(cls, kind: str, *, implementation: str | None = None,
+               **options) -> "AttentionSpec":
+        return cls(kind, registry.make_options(kind, **options), implementation)
 
     @property
     def uses_ssmax(self) -> bool:
@@ -97,7 +105,8 @@ class Attention(nnx.Module):
         ssmax_s = None if self.ssmax_s is None else self.ssmax_s[...]
         state = None if self.state is None else self.state[...]
         out = variant.apply(q, k, v, self.spec.options, segment_ids=segment_ids,
-                            ssmax_s=ssmax_s, state=state)
+                            ssmax_s=ssmax_s, state=state,
+                            implementation=self.spec.implementation)
         if train and variant.stateful:
             new_state, aux_loss = variant.update_state(q, k, state, self.spec.options,
                                                        segment_ids=segment_ids)

@@ -94,7 +94,8 @@ class TransformerConfig:
             raise ValueError(f"model.titans must be a TitansConfig or None, got "
                              f"{type(self.titans).__name__}")
         plain = AttentionSpec.create("dense")
-        odd = sorted({repr(spec) for spec in self.attention if spec != plain})
+        odd = sorted({repr(spec) for spec in self.attention
+                      if (spec.kind, spec.options) != (plain.kind, plain.options)})
         if odd:
             raise ValueError(
                 f"model.titans (arch {self.titans.arch!r}) layers bring their own causal softmax "

@@ -10,7 +10,7 @@ from jaxattn.nn.titans import ARCHS, TitansConfig
 from jaxattn.nn.transformer import TransformerConfig
 
 # Fields of ``config.attention`` that are not options of the attention function.
-_MODULE_FIELDS = ("kind", "layers", "ssmax_init")
+_MODULE_FIELDS = ("kind", "layers", "ssmax_init", "implementation")
 
 
 def attention_specs(attention_cfg, *, num_layers: int, seq_len: int) -> list[AttentionSpec]:
@@ -22,7 +22,8 @@ def attention_specs(attention_cfg, *, num_layers: int, seq_len: int) -> list[Att
     specs = {}
     for kind in set(layer_kinds):
         try:
-            spec = AttentionSpec.create(kind, **options)
+            spec = AttentionSpec.create(kind, implementation=attention_cfg.get("implementation"),
+                                        **options)
             spec.options.check_seq_len(seq_len)
         except ValueError as e:
             raise ValueError(f"config.attention (kind {kind!r}): {e}") from e

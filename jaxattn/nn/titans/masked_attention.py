@@ -4,14 +4,14 @@ The blocks use the projections, RoPE and output projection of an ``Attention`` m
 ``"dense"``) with masks the registry's options cannot express: an always-visible prefix of
 persistent tokens, and MAC's retrieved tokens aligned with its segment. Softmax only (no
 SSMax). The persistent prefix carries no RoPE position (its logits use unrotated queries and
-keys), so what a query reads from it does not depend on the query's place in the stream.
+keys), so what a query reads from it does not depend on the query's place in the stream: the
+prefix and the rest are two ``primitives.attend`` calls merged through their log-sum-exps
+(``primitives.merge_partials``), one softmax over both.
 """
-
-import math
 
 import jax.numpy as jnp
 
-from jaxattn.attention import core
+from jaxattn.attention import primitives
 from jaxattn.attention.rope import apply_rope
 
 
@@ -41,15 +41,13 @@ def attend(attn, x_q, x_kv, q_pos, kv_pos, mask, num_prefix=0):
     v = attn.value(x_kv).reshape(batch, kv_len, kv_heads, head_dim)
     q_rot = apply_rope(q, q_pos, attn.rope_base)
     k_rot = apply_rope(k[:, num_prefix:], kv_pos, attn.rope_base)
-    dtype = core.compute_dtype(q.dtype)
-    logits = [jnp.einsum("bqkgd,bskd->bkgqs", core.group_query_heads(q_rot, kv_heads), k_rot,
-                         preferred_element_type=dtype)]
-    if num_prefix:
-        logits.insert(0, jnp.einsum("bqkgd,bskd->bkgqs", core.group_query_heads(q, kv_heads),
-                                    k[:, :num_prefix], preferred_element_type=dtype))
-    logits = jnp.concatenate(logits, axis=-1) * jnp.asarray(1.0 / math.sqrt(head_dim), dtype)
     if mask.ndim == 2:
         mask = mask[None]
-    probs = core.masked_softmax(logits, mask[:, None, None])
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(dtype))
+    mask = mask[:, None]  # [B or 1, 1, Tq, Tk]
+    out = primitives.attend(q_rot, k_rot, v[:, num_prefix:], mask[..., num_prefix:],
+                            return_lse=bool(num_prefix))
+    if num_prefix:
+        prefix = primitives.attend(q, k[:, :num_prefix], v[:, :num_prefix],
+                                   mask[..., :num_prefix], return_lse=True)
+        out, _ = primitives.merge_partials([prefix[0], out[0]], [prefix[1], out[1]])
     return attn.out(out.reshape(batch, q_len, heads * head_dim).astype(x_q.dtype))
