@@ -38,6 +38,21 @@ def tiny_model(kinds, seed=0, **overrides):
     return perturb_params(model, seed, 0.1)
 
 
+@pytest.mark.parametrize("kind", ["dense", "ssmax", "window", "local", "lsg"])
+def test_every_cpu_backend_gives_the_same_logits(kind):
+    """``AttentionSpec.implementation`` reaches the attention call: each backend's logits."""
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, size=(2, 32)), jnp.int32)
+    logits = {}
+    for implementation in ("reference", "xla_chunked"):
+        spec = SPECS[kind]()
+        spec = AttentionSpec(spec.kind, spec.options, implementation)
+        logits[implementation] = np.asarray(tiny_model([kind], attention=[spec])(tokens))
+    np.testing.assert_allclose(logits["xla_chunked"], logits["reference"], atol=2e-5)
+    spec = AttentionSpec(SPECS[kind]().kind, SPECS[kind]().options, "pallas")
+    with pytest.raises(ValueError, match="no pallas implementation"):
+        tiny_model([kind], attention=[spec])(tokens)
+
+
 def test_shapes_and_dtype():
     model = tiny_model(["dense", "ssmax"])
     logits = model(jnp.zeros((3, 16), jnp.int32))

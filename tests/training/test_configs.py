@@ -61,6 +61,8 @@ def test_parse_arg_is_strict_and_typed():
     ({"attention__kind": "local", "attention__window": 8}, ValueError, r"window"),
     ({"attention__layers": "dense,nope"}, ValueError, r"unknown attention kind 'nope'"),
     ({"attention__softmax": "sparsemax"}, ValueError, r"softmax"),
+    ({"attention__implementation": "triton"}, ValueError,
+     r"implementation must be None or one of reference, xla_chunked"),
     ({"data__corpus": "text:/no/such/dir/*.txt"}, FileNotFoundError, r"/no/such/dir"),
     ({"optim__learning_rate": -1e-3}, ValueError, r"optim.learning_rate must be a non-negative"),
     ({"optim__warmup_steps": 10_000}, ValueError, r"optim.warmup_steps"),
