@@ -130,6 +130,7 @@ def test_command_line_error_exits_nonzero():
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # a dense training, then every suite through the command line
 def test_command_line_end_to_end_on_lm_tiny(tmp_path):
     train(smoke_config(), tmp_path)
     out = tmp_path / "report"
@@ -160,6 +161,7 @@ def test_command_line_end_to_end_on_lm_tiny(tmp_path):
         assert is_png(out / f"{name}.png")
 
 
+@pytest.mark.slow  # a landmark training; tests/nn/test_landmark_model.py trains one by default
 def test_landmark_checkpoint_perplexity_through_the_decoder(tmp_path):
     config = landmark_config.get_config("smoke")
     train(config, tmp_path)

@@ -250,6 +250,7 @@ def test_comparison_report_parts_are_optional(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # trains dense and SSMax and converts to LSG through the command line
 def test_cli_trains_evaluates_converts_and_reports(tmp_path, monkeypatch):
     workdir = tmp_path / "suite"
     flags = [f"--workdir={workdir}", "--size=tiny", "--kinds=dense,ssmax,lsg_from_dense",

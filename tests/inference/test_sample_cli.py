@@ -41,6 +41,7 @@ def test_errors_before_anything_is_loaded(tmp_path):
     assert sample_cli.read_prompt(PROMPT, str(prompt_file)) == "Let there be light"
 
 
+@pytest.mark.slow  # a dense training (the fixture), then the command line
 def test_command_line_prints_the_samples(workdir, tmp_path):
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text(PROMPT)

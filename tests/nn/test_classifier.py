@@ -49,6 +49,7 @@ def test_every_token_reaches_the_prediction_and_padding_does_not(kind, num_globa
                                out)
 
 
+@pytest.mark.slow  # trains a classifier to >90% accuracy
 def test_learns_a_task_that_needs_the_whole_sequence():
     """Label: does token 1 occur anywhere? Only a bidirectional summary can tell."""
     model = classifier("lsg", 1)

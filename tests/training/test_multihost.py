@@ -2,6 +2,8 @@
 
 import socket
 
+import pytest
+
 from jaxattn.training import read_metrics
 from tests.training.helpers import popen_train, train_losses
 
@@ -12,6 +14,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # three command-line trainings of the dense smoke model
 def test_two_processes_match_one_process(tmp_path):
     common = ("--config.train.steps=12", "--config.checkpoint.save_every=6")
     single = popen_train(tmp_path / "single", *common, devices=4)

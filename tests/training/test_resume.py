@@ -45,10 +45,12 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.parametrize("config,sig", [
     ("configs/lm_tiny.py", signal.SIGTERM),
-    ("configs/lm_tiny.py", signal.SIGINT),
-    ("configs/lm_tiny.py", signal.SIGKILL),
+    # Slow: more command-line trainings of the dense smoke model; SIGTERM above runs by default.
+    pytest.param("configs/lm_tiny.py", signal.SIGINT, marks=pytest.mark.slow),
+    pytest.param("configs/lm_tiny.py", signal.SIGKILL, marks=pytest.mark.slow),
     # Routing carries k-means centroids: state outside the optimizer that must resume too.
-    ("configs/routing.py", signal.SIGKILL),
+    # Slow: two command-line trainings; tests/training/test_train.py trains routing by default.
+    pytest.param("configs/routing.py", signal.SIGKILL, marks=pytest.mark.slow),
 ], ids=lambda x: x.name if isinstance(x, signal.Signals) else x.split("/")[-1][:-3])
 def test_kill_and_resume_reproduces_loss_curve(tmp_path, uninterrupted, config, sig):
     reference = uninterrupted(config)

@@ -38,13 +38,16 @@ def check_learned(workdir, final):
     return losses
 
 
-@pytest.mark.parametrize("arch", ["mac", "mal", "lmm"])
+# MAC runs by default; the other architectures' trainings are slow.
+@pytest.mark.parametrize("arch", ["mac", pytest.param("mal", marks=pytest.mark.slow),
+                                  pytest.param("lmm", marks=pytest.mark.slow)])
 def test_smoke_run_learns(tmp_path, arch):
     final = train_and_evaluate(smoke(arch), str(tmp_path))
     check_learned(tmp_path, final)
     assert Checkpointer(str(tmp_path / "checkpoints"), save_every=5, keep=3).all_steps() == [5, 10]
 
 
+@pytest.mark.slow  # two trainings of a MAG model
 def test_crashed_run_resumes_onto_the_same_curve(tmp_path, monkeypatch):
     """MAG: crash at step 7 (after steps 1-6 ran), resume from the step-4 checkpoint; the
     re-run steps 5 and 6 reproduce the crashed run's losses exactly, and training finishes."""
