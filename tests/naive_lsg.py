@@ -23,6 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+NORM_BITS = 12
+
+
+def rounded(norm):
+    """A norm at ``NORM_BITS`` significant bits (half to even): LSG compares norms so."""
+    mantissa, exponent = np.frexp(norm)
+    return np.ldexp(np.round(mantissa * 2.0**NORM_BITS), exponent - NORM_BITS)
+
+
 def norm_chunk(block_size, sparsity_factor, sparse_block_size):
     """Compressed tokens per window for ``norm`` and ``lsh`` (window: ``f`` times as many tokens)."""
     step = block_size // sparsity_factor
@@ -70,7 +79,8 @@ def compressed_tokens(k_ord, seg_ord, head, *, sparsity_type, block_size, sparsi
         window = f * chunk
         for w in range(n // window):
             span = range(w * window, (w + 1) * window)
-            ranked = sorted(span, key=lambda j: (seg_ord[j] == 0, -np.linalg.norm(k_ord[j]), j))
+            ranked = sorted(span, key=lambda j: (seg_ord[j] == 0, -rounded(np.linalg.norm(k_ord[j])),
+                                                 j))
             for j in sorted(ranked[:chunk]):
                 tokens.append(dict(members=[j], kind="pick", segment=int(seg_ord[j])))
     elif sparsity_type == "lsh":

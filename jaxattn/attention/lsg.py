@@ -41,6 +41,9 @@ compressed tokens, per head (k/v are repeated to the ``H`` query heads first):
   tokens starting at offset ``(h * B_l/f) mod B_l``.
 - ``norm`` (``W = f*c``): per head, the ``c`` tokens of largest key L2 norm (non-padding
   first, ties to the earlier token), kept in sequence order; the choice is not differentiated.
+  Norms are compared at ``NORM_BITS`` significant bits (``rounded_norm``), so keys whose norms
+  are equal in exact arithmetic (a repeated token) tie however the last bits were rounded
+  (batch size, ``jit``, the KV-cache path), and the tie goes to the earlier token.
 - ``bos_pooling`` (``W = f``): weights ``softmax_j(scale * q_bos · k_j)`` over the window's
   non-padding tokens, k and v the weighted means; ``q_bos`` is the query of the first ordinary
   token (position ``G``), or zero (plain mean pooling) when that token is padding.
@@ -168,6 +171,16 @@ def _check_options(q, k, v, *, block_size, sparse_block_size, sparsity_factor, s
     check_seq_len(q_len, block_size=block_size, num_global_tokens=num_global_tokens)
 
 
+# Significant bits at which LSG's "norm" selection compares key norms.
+NORM_BITS = 12
+
+
+def rounded_norm(norms):
+    """``norms`` rounded to ``NORM_BITS`` significant bits (``frexp`` mantissa, half to even)."""
+    mantissa, exponent = jnp.frexp(norms)
+    return jnp.ldexp(jnp.round(mantissa * 2.0**NORM_BITS), exponent - NORM_BITS)
+
+
 def _common_segment(ids, members, axis):
     """The id shared by all ``members`` along ``axis``, or 0 when there are none or they differ."""
     info = jnp.iinfo(jnp.int32)
@@ -220,7 +233,7 @@ def compress(sparsity_type, k, v, seg, q_bos, *, window, per_window, scale, lsh_
         return flat(ck), flat(cv), flat(segw[:, :, picked])
 
     if sparsity_type == "norm":
-        norms = jax.lax.stop_gradient(jnp.sqrt(jnp.sum(jnp.square(kw), axis=-1)))
+        norms = rounded_norm(jax.lax.stop_gradient(jnp.sqrt(jnp.sum(jnp.square(kw), axis=-1))))
         order_key = jnp.where(real[..., None], -norms, jnp.inf)
         chosen = jnp.argsort(order_key, axis=2, stable=True)[:, :, :per_window]
         chosen = jnp.sort(chosen, axis=2)

@@ -383,3 +383,26 @@ def test_pallas_not_available_yet():
     q = jnp.zeros((1, 9, 2, 4))
     with pytest.raises(ValueError, match="no pallas implementation"):
         lsg_attention(q, q, q, block_size=4, implementation="pallas")
+
+
+def test_norm_selection_does_not_depend_on_rounding_noise():
+    """Equal norms in exact arithmetic (a repeated token) tie whatever their last bits: the
+    earliest tokens are kept, as with no noise at all."""
+    from jaxattn.attention.lsg import compress, lsg_compression_window
+    rng = np.random.default_rng(0)
+    row = rng.normal(size=(1, 1, 1, 8)).astype(np.float32)
+    window, per_window = lsg_compression_window("norm", block_size=8, sparsity_factor=4,
+                                                sparse_block_size=8)
+    k = np.broadcast_to(row, (1, 2 * window, 2, 8)).copy()
+    noisy = k * (1 + rng.choice([-1, 0, 1], size=k.shape[:3] + (1,)) * 2.0**-23)
+    seg = jnp.ones((1, 2 * window), jnp.int32)
+    chosen = []
+    for keys in (k, noisy):
+        keys = jnp.asarray(keys, jnp.float32)
+        values = keys + jnp.arange(2 * window, dtype=jnp.float32)[None, :, None, None]
+        _, cv, _ = compress("norm", keys, values, seg, None, window=window,
+                            per_window=per_window, scale=1.0, lsh_seed=0)
+        chosen.append(np.asarray(cv[0, :, 0, 0] - keys[0, 0, 0, 0]))
+    np.testing.assert_array_equal(chosen[0], chosen[1])
+    np.testing.assert_array_equal(np.round(chosen[0]),
+                                  [w * window + i for w in range(2) for i in range(per_window)])
