@@ -2,6 +2,7 @@
 path's argument mapping (checked through ``jax.nn.dot_product_attention``'s XLA form, which
 takes the same arguments)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -101,3 +102,29 @@ def test_cudnn_argument_mapping_matches_naive(options):
     want = naive_attention(q, k, v, causal=options["causal"], window=options.get("window"),
                            softmax=softmax, ssmax_s=ssmax_s)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("options", [dict(causal=True), dict(causal=True, window=256),
+                                     dict(causal=True, softmax="ssmax")])
+def test_cudnn_matches_reference_on_gpu(options):
+    """On a GPU: ``implementation="cudnn"`` (and ``None``, which picks it for bf16) against
+    the reference, values and gradients, bf16 at 4k tokens with GQA."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(1, 4096, 8, 128)), jnp.bfloat16)
+    k, v = (jnp.asarray(rng.normal(size=(1, 4096, 2, 128)), jnp.bfloat16) for _ in range(2))
+    s = jnp.full((8,), 0.3, jnp.float32) if options.get("softmax") == "ssmax" else None
+
+    def loss(implementation):
+        return lambda q, k, v: jnp.sum(dense_attention(
+            q, k, v, ssmax_s=s, implementation=implementation, **options).astype(jnp.float32))
+
+    for implementation in ("cudnn", None):
+        for got, want in zip(jax.grad(loss(implementation), argnums=(0, 1, 2))(q, k, v),
+                             jax.grad(loss("reference"), argnums=(0, 1, 2))(q, k, v)):
+            np.testing.assert_allclose(np.asarray(got, np.float32),
+                                       np.asarray(want, np.float32), atol=5e-2, rtol=5e-2)
+        got = dense_attention(q, k, v, ssmax_s=s, implementation=implementation, **options)
+        want = dense_attention(q, k, v, ssmax_s=s, implementation="reference", **options)
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   atol=2e-2, rtol=2e-2)
