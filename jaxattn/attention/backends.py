@@ -9,7 +9,8 @@ Every attention function takes ``implementation``:
 - ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` on a GPU, for the
   patterns cuDNN runs (bf16/fp16, causal or full, left windows, GQA; SSMax as a scale of q).
 - ``"splash"``: TPU Splash attention. ``"pallas"``: this project's Pallas kernels.
-- ``None``: the first backend of the platform's fallback order that runs the pattern.
+- ``None``: the first backend of the platform's fallback order that runs the pattern; a
+  call too small for chunking to save memory (``one_block``) skips ``"xla_chunked"``.
 
 A variant declares, per backend it has, a check ``(pattern, platform) -> None or reason``;
 a backend it does not list cannot run it. Asking explicitly for a backend that cannot run a
@@ -80,7 +81,7 @@ def _reason(kind, name, table, pattern, platform):
 
 
 def resolve(implementation, *, kind: str, pattern: Mapping, table: Mapping[str, Support],
-            platform: str | None = None) -> str:
+            platform: str | None = None, one_block: bool = False) -> str:
     """The backend that runs this call.
 
     Args:
@@ -89,6 +90,9 @@ def resolve(implementation, *, kind: str, pattern: Mapping, table: Mapping[str, 
       pattern: the features of the call (``describe``).
       table: the variant's backends, name -> support check.
       platform: ``"cpu"``, ``"gpu"`` or ``"tpu"``; default ``current_platform()``.
+      one_block: the call spans at most a block or two of ``xla_chunked``, whose loop then
+        saves no memory; ``None`` takes the reference for it (the same numbers up to
+        rounding, a simpler program that compiles faster).
 
     Raises:
       ValueError: ``implementation`` is not a backend, or cannot run the pattern.
@@ -107,7 +111,10 @@ def resolve(implementation, *, kind: str, pattern: Mapping, table: Mapping[str, 
                 f"{describe(pattern)} on {platform}: {reason}; backends that can: "
                 f"{', '.join(able)}")
         return implementation
-    for name in FALLBACK_ORDER[platform]:
+    order = FALLBACK_ORDER[platform]
+    if one_block:
+        order = tuple(name for name in order if name != "xla_chunked")
+    for name in order:
         if _reason(kind, name, table, pattern, platform) is None:
             return name
     raise AssertionError(f"{kind} attention lists no backend that runs {describe(pattern)}")

@@ -181,7 +181,7 @@ def dense_attention(q, k, v, *, causal=True, segment_ids=None, kv_segment_ids=No
         implementation, kind="ssmax" if softmax == "ssmax" else "dense",
         pattern=_pattern(q, k, causal=causal, window=window, segment_ids=segment_ids,
                          softmax=softmax, q_offset=q_offset),
-        table=BACKEND_TABLE)
+        table=BACKEND_TABLE, one_block=max(q.shape[1], k.shape[1]) <= CHUNK)
     return _IMPLEMENTATIONS[name](q, k, v, causal=causal, segment_ids=segment_ids,
                                   kv_segment_ids=kv_segment_ids, window=window, softmax=softmax,
                                   ssmax_s=ssmax_s, scale=scale, q_offset=q_offset)

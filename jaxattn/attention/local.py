@@ -84,7 +84,8 @@ def local_attention(q, k, v, *, block_size, causal=True, segment_ids=None, softm
     name = backends.resolve(
         implementation, kind="local", table=BACKEND_TABLE,
         pattern=checks.self_attention_pattern(q, k, causal=causal, softmax=softmax,
-                                              segment_ids=segment_ids))
+                                              segment_ids=segment_ids),
+        one_block=q.shape[1] <= 2 * block_size)
     seq_len = q.shape[1]
     layout = block_layout(seq_len, block_size, causal=causal)
     rule = layout_lib.PositionRule(causal=causal)

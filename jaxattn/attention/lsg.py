@@ -408,7 +408,8 @@ def lsg_attention(q, k, v, *, block_size=128, sparse_block_size=128, sparsity_fa
     name = backends.resolve(
         implementation, kind="lsg", table=BACKEND_TABLE,
         pattern=checks.self_attention_pattern(q, k, causal=causal, softmax=softmax,
-                                              segment_ids=segment_ids))
+                                              segment_ids=segment_ids),
+        one_block=num_blocks <= _blocks_per_chunk(num_blocks, block_size))
 
     if ordinary <= 2 * block_size:
         out = _dense_rows(q, k, v, seg, num_global=num_global, causal=causal, scale=scale, ssmax_s=s)

@@ -40,6 +40,35 @@ def test_dense_resolution_per_platform(platform, changes, expected):
 
 
 # Ids other than the bare platform names, which conftest reads as hardware markers.
+@pytest.mark.parametrize("platform, expected", [("cpu", "reference"), ("gpu", "cudnn"),
+                                                ("tpu", "reference")])
+def test_calls_too_short_to_chunk_skip_xla_chunked(platform, expected):
+    assert backends.resolve(None, kind="dense", pattern=PLAIN, table=dense.BACKEND_TABLE,
+                            platform=platform, one_block=True) == expected
+    assert backends.resolve("xla_chunked", kind="dense", pattern=PLAIN,
+                            table=dense.BACKEND_TABLE, platform=platform,
+                            one_block=True) == "xla_chunked"
+
+
+def test_short_and_long_calls_on_cpu_pick_their_backends(monkeypatch):
+    picked = []
+    original = backends.resolve
+
+    def spy(*args, **kwargs):
+        picked.append(original(*args, **kwargs))
+        return picked[-1]
+
+    monkeypatch.setattr(backends, "resolve", spy)
+    chosen = []
+    for length, fn in [(dense.CHUNK, dense_attention), (dense.CHUNK + 8, dense_attention),
+                       (16, lambda q, k, v: local_attention(q, k, v, block_size=8)),
+                       (64, lambda q, k, v: local_attention(q, k, v, block_size=8))]:
+        x = jnp.zeros((1, length, 2, 4))
+        fn(x, x, x)
+        chosen.append(picked[-1])  # the call's own resolution comes last
+    assert chosen == ["reference", "xla_chunked", "reference", "xla_chunked"]
+
+
 @pytest.mark.parametrize("platform", backends.PLATFORMS, ids=lambda p: f"on-{p}")
 def test_reference_only_variants_resolve_to_the_reference(platform):
     assert _resolve(platform, table=backends.REFERENCE_ONLY) == "reference"
